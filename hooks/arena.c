@@ -1,0 +1,365 @@
+/* The VMM arena: each tagged allocation is its own reserved VA range backed by
+ * one device handle, so offload can swap its backing without moving it.
+ * Freed mappings are cached by (device, size) so a repeated step makes no
+ * driver calls; frees are honoured in stream order. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- live index: sorted by va, for interior-pointer look-ups ------------- */
+
+static struct talloc **live;
+static size_t nlive, cap_live;
+/* Bounds of every VA range we ever reserved: a lock-free first test on free. */
+static CUdeviceptr va_lo = ~(CUdeviceptr)0, va_hi;
+
+static size_t live_lower_bound(CUdeviceptr p) {
+  size_t lo = 0, hi = nlive;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (live[mid]->va <= p) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo; /* first element with va > p */
+}
+
+struct talloc *ckpt_live_find(CUdeviceptr p) {
+  size_t i = live_lower_bound(p);
+  if (i == 0) return NULL;
+  struct talloc *t = live[i - 1];
+  return p < t->va + t->req ? t : NULL;
+}
+
+static int live_insert(struct talloc *t) {
+  if (nlive == cap_live) {
+    size_t cap = cap_live ? 2 * cap_live : 256;
+    struct talloc **n = realloc(live, cap * sizeof *n);
+    if (!n) return CKPT_ENOMEM;
+    live = n;
+    cap_live = cap;
+  }
+  size_t i = live_lower_bound(t->va);
+  memmove(&live[i + 1], &live[i], (nlive - i) * sizeof *live);
+  live[i] = t;
+  nlive++;
+  return 0;
+}
+
+static void live_remove(struct talloc *t) {
+  size_t i = live_lower_bound(t->va);
+  if (i == 0 || live[i - 1] != t) return;
+  memmove(&live[i - 1], &live[i], (nlive - i) * sizeof *live);
+  nlive--;
+}
+
+bool ckpt_maybe_ours(CUdeviceptr p) {
+  return p >= __atomic_load_n(&va_lo, __ATOMIC_RELAXED) && p < __atomic_load_n(&va_hi, __ATOMIC_RELAXED);
+}
+
+/* ---- driver helpers ------------------------------------------------------- */
+
+size_t ckpt_granularity(int device) {
+  static size_t gran[64];
+  if (device < 0 || device >= 64) return 2u << 20;
+  if (!gran[device]) {
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device}};
+    size_t g = 0;
+    if (DRV(cuMemGetAllocationGranularity, &g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS || !g)
+      g = 2u << 20;
+    gran[device] = g;
+  }
+  return gran[device];
+}
+
+CUresult ckpt_va_get(size_t size, size_t align, CUdeviceptr *va) {
+  CU_CHECK(DRV(cuMemAddressReserve, va, size, align, 0, 0));
+  CUdeviceptr lo = *va, hi = *va + size;
+  if (lo < va_lo) __atomic_store_n(&va_lo, lo, __ATOMIC_RELAXED);
+  if (hi > va_hi) __atomic_store_n(&va_hi, hi, __ATOMIC_RELAXED);
+  return CUDA_SUCCESS;
+}
+
+void ckpt_va_put(CUdeviceptr va, size_t size) {
+  CUresult r = DRV(cuMemAddressFree, va, size);
+  if (r != CUDA_SUCCESS) CU_FAILED(cuMemAddressFree, r);
+}
+
+CUresult ckpt_map(CUdeviceptr va, size_t size, CUmemGenericAllocationHandle h, int device) {
+  CU_CHECK(DRV(cuMemMap, va, size, 0, h, 0));
+  CUmemAccessDesc acc = {.location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device},
+                         .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  CUresult r = DRV(cuMemSetAccess, va, size, &acc, 1);
+  if (r != CUDA_SUCCESS) {
+    CU_FAILED(cuMemSetAccess, r);
+    DRV(cuMemUnmap, va, size);
+  }
+  return r;
+}
+
+/* Device memory, making room when the driver says it has none: first our own
+ * cache, then the stream-ordered pool (torch keeps freed memory there). */
+CUresult ckpt_device_handle(int device, size_t size, CUmemGenericAllocationHandle *out) {
+  CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                              .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device}};
+  CUresult r = DRV(cuMemCreate, out, size, &prop, 0);
+  if (r == CUDA_ERROR_OUT_OF_MEMORY && ckpt_cache_trim(size) > 0) r = DRV(cuMemCreate, out, size, &prop, 0);
+  if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+    CUmemoryPool pool;
+    if (DRV(cuDeviceGetMemPool, &pool, device) == CUDA_SUCCESS && DRV(cuMemPoolTrimTo, pool, 0) == CUDA_SUCCESS)
+      r = DRV(cuMemCreate, out, size, &prop, 0);
+  }
+  return r;
+}
+
+/* ---- mapping cache and stream-ordered frees ------------------------------ */
+
+#define NCLASS 64
+static struct talloc *cache[NCLASS]; /* T_CACHED, by size */
+static struct talloc *pending;       /* T_FREEING-in-progress (freed, stream not past it) */
+
+static unsigned size_class(size_t size) { return (unsigned)((size >> 21) * 2654435761u) % NCLASS; }
+
+static void talloc_destroy(struct talloc *t) {
+  if (t->dev) {
+    CUresult r = DRV(cuMemUnmap, t->va, t->size);
+    if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
+    r = DRV(cuMemRelease, t->dev);
+    if (r != CUDA_SUCCESS) CU_FAILED(cuMemRelease, r);
+  }
+  ckpt_va_put(t->va, t->size);
+  if (t->free_ev) DRV(cuEventDestroy_v2, t->free_ev);
+  free(t);
+}
+
+static void cache_put(struct talloc *t) {
+  t->state = T_CACHED;
+  t->next = cache[size_class(t->size)];
+  cache[size_class(t->size)] = t;
+  ckpt_g.stats.mapping_cache_bytes += t->size;
+  size_t cap = (size_t)ckpt_param_int(CKPT_P_CACHE_MAX_BYTES);
+  if (cap != (size_t)-1 && ckpt_g.stats.mapping_cache_bytes > cap)
+    ckpt_cache_trim(ckpt_g.stats.mapping_cache_bytes - cap);
+}
+
+static struct talloc *cache_take(int device, size_t size) {
+  for (struct talloc **pp = &cache[size_class(size)]; *pp; pp = &(*pp)->next) {
+    struct talloc *t = *pp;
+    if (t->device == device && t->size == size) {
+      *pp = t->next;
+      ckpt_g.stats.mapping_cache_bytes -= t->size;
+      return t;
+    }
+  }
+  return NULL;
+}
+
+/* A mapping freed on the same stream may be reused at once: stream order
+ * already puts the new owner's work after the old owner's. */
+static struct talloc *pending_take_same_stream(int device, size_t size, CUstream s) {
+  if (s == CU_STREAM_PER_THREAD) return NULL; /* names a different stream on each thread */
+  for (struct talloc **pp = &pending; *pp; pp = &(*pp)->next) {
+    struct talloc *t = *pp;
+    if (!t->busy && t->state == CKPT_DEVICE && t->free_stream == s && t->device == device && t->size == size) {
+      *pp = t->next;
+      return t;
+    }
+  }
+  return NULL;
+}
+
+size_t ckpt_cache_trim(size_t want) {
+  size_t freed = 0;
+  for (int c = 0; c < NCLASS && freed < want; c++)
+    while (cache[c] && freed < want) {
+      struct talloc *t = cache[c];
+      cache[c] = t->next;
+      ckpt_g.stats.mapping_cache_bytes -= t->size;
+      freed += t->size;
+      talloc_destroy(t);
+    }
+  return freed;
+}
+
+/* The program's free has taken effect (its stream is past it). */
+void ckpt_talloc_finish_free(struct talloc *t) {
+  t->freed = false;
+  if (t->state == CKPT_DEVICE && t->dev) {
+    cache_put(t);
+    return;
+  }
+  /* Host-backed: nothing on the device to keep. */
+  if (t->host) {
+    CUresult r = DRV(cuMemUnmap, t->va, t->size);
+    if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
+    ckpt_g.stats.host_bytes_in_use -= t->size;
+    ckpt_g.stats.device_bytes_released -= t->size;
+    ckpt_host_put(t->host);
+    t->host = NULL;
+  }
+  t->dev = 0;
+  talloc_destroy(t);
+}
+
+void ckpt_reap(void) {
+  for (struct talloc **pp = &pending; *pp;) {
+    struct talloc *t = *pp;
+    if (!t->busy && DRV(cuEventQuery, t->free_ev) == CUDA_SUCCESS) {
+      *pp = t->next;
+      ckpt_talloc_finish_free(t);
+    } else {
+      pp = &t->next;
+    }
+  }
+}
+
+/* ---- the hooks ------------------------------------------------------------ */
+
+static CUstream norm_stream(CUstream s) { return s ? s : CU_STREAM_LEGACY; }
+
+static CUresult talloc_create(int device, CUcontext ctx, size_t size, struct talloc **out) {
+  struct talloc *t = calloc(1, sizeof *t);
+  if (!t) return CUDA_ERROR_OUT_OF_MEMORY;
+  t->device = device;
+  t->ctx = ctx;
+  t->size = size;
+  CUresult r;
+  CU_CHECK_GOTO(ckpt_va_get(size, ckpt_granularity(device), &t->va), r, fail);
+  CU_CHECK_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail_va);
+  CU_CHECK_GOTO(ckpt_map(t->va, size, t->dev, device), r, fail_handle);
+  CU_CHECK_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail_map);
+  *out = t;
+  return CUDA_SUCCESS;
+fail_map:
+  DRV(cuMemUnmap, t->va, size);
+fail_handle:
+  DRV(cuMemRelease, t->dev);
+fail_va:
+  ckpt_va_put(t->va, size);
+fail:
+  free(t);
+  return r;
+}
+
+bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
+  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib) return false;
+  if (!__atomic_load_n(&ckpt_g.open, __ATOMIC_RELAXED)) return false; /* re-checked under the lock */
+  CUcontext ctx = NULL;
+  CUdevice dev = 0;
+  if (DRV(cuCtxGetCurrent, &ctx) != CUDA_SUCCESS || !ctx || DRV(cuCtxGetDevice, &dev) != CUDA_SUCCESS)
+    return false; /* let the driver report the missing context */
+  stream = norm_stream(stream);
+  IN_LIB_BEGIN();
+  LOCK();
+  struct region *r = ckpt_g.open;
+  bool served = false;
+  if (r) {
+    ckpt_reap();
+    size_t g = ckpt_granularity(dev);
+    size_t size = (bytes + g - 1) / g * g;
+    struct talloc *t = cache_take(dev, size);
+    if (!t) t = pending_take_same_stream(dev, size, stream);
+    if (t) {
+      ckpt_g.stats.mapping_cache_hits++;
+    } else {
+      CUresult cr = talloc_create(dev, ctx, size, &t);
+      if (cr != CUDA_SUCCESS) {
+        t = NULL;
+        CKPT_WARN_ONCE("could not create a tagged mapping (%s): such allocations go to the driver untagged",
+                       ckpt_cu_name(cr));
+      }
+    }
+    if (t && live_insert(t) < 0) {
+      cache_put(t);
+      t = NULL;
+    }
+    if (t) {
+      t->req = bytes;
+      t->state = CKPT_DEVICE;
+      t->freed = t->cancel = false;
+      t->stream = stream;
+      ckpt_region_attach(r, t);
+      ckpt_note_stream(stream, dev);
+      ckpt_g.stats.tagged_allocs++;
+      ckpt_g.stats.tagged_allocs_live++;
+      ckpt_g.stats.tagged_bytes_live += bytes;
+      *dptr = t->va;
+      *rc = CUDA_SUCCESS;
+      served = true;
+      CKPT_TRACE("tagged %#llx %zu bytes in region %d", (unsigned long long)t->va, bytes, r->id);
+    }
+  }
+  UNLOCK();
+  IN_LIB_END();
+  return served;
+}
+
+static struct talloc *live_exact(CUdeviceptr p) {
+  size_t i = live_lower_bound(p);
+  struct talloc *t = i ? live[i - 1] : NULL;
+  return t && t->va == p ? t : NULL;
+}
+
+bool ckpt_free(CUdeviceptr dptr, CUstream stream, bool sync, CUresult *rc) {
+  if (ckpt_g.forked) return false;
+  stream = norm_stream(stream);
+  IN_LIB_BEGIN();
+  LOCK();
+  struct talloc *t = live_exact(dptr);
+  if (t && sync) {
+    /* cuMemFree semantics: the device is idle afterwards. Never wait for the
+     * device with the lock held: the engine may need it to open a gate. */
+    UNLOCK();
+    *rc = DRV(cuCtxSynchronize);
+    LOCK();
+    t = live_exact(dptr);
+  }
+  if (!t) {
+    UNLOCK();
+    IN_LIB_END();
+    return false;
+  }
+  live_remove(t);
+  ckpt_g.stats.tagged_allocs_live--;
+  ckpt_g.stats.tagged_bytes_live -= t->req;
+  ckpt_region_detach(t);
+  t->freed = true;
+  if (!sync) {
+    *rc = CUDA_SUCCESS;
+    t->free_stream = stream;
+    CUresult r = DRV(cuEventRecord, t->free_ev, stream);
+    if (r != CUDA_SUCCESS) {
+      /* Without an event nothing proves the stream is past the free: keep the
+       * mapping out of reuse (an unrecorded event would read as complete). */
+      CU_FAILED(cuEventRecord, r);
+      t->busy = true;
+      CKPT_WARN_ONCE("a tagged mapping is retired without reuse after a failed cuEventRecord");
+    }
+  } else {
+    t->free_stream = CU_STREAM_LEGACY;
+    if (!t->busy) {
+      ckpt_talloc_finish_free(t);
+      t = NULL;
+    }
+  }
+  if (t) {
+    t->next = pending;
+    pending = t;
+  }
+  UNLOCK();
+  IN_LIB_END();
+  return true;
+}
+CKPT_API int ckpt_release_cached(void) {
+  ckpt_init();
+  if (ckpt_g.forked) return CKPT_EDISABLED;
+  IN_LIB_BEGIN();
+  LOCK();
+  ckpt_reap();
+  size_t n = ckpt_cache_trim((size_t)-1);
+  ckpt_host_pool_release_all(); /* idle pinned blocks too */
+  UNLOCK();
+  IN_LIB_END();
+  return n > 0x7fffffff ? 0x7fffffff : (int)n;
+}

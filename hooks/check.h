@@ -1,0 +1,32 @@
+/* Error propagation: every failing call logs where it failed and returns its
+ * code to the caller, which does the same; the log of one failure reads as a
+ * backtrace (NCCL's NCCLCHECK idea). Nothing here aborts the process. */
+#ifndef CKPT_CHECK_H
+#define CKPT_CHECK_H
+#include "driver.h"
+#include "log.h"
+
+void ckpt_note_driver_error(void); /* stats.c */
+/* Logs "file:line call failed: NAME (code)" and counts the error. */
+void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line);
+#define CU_FAILED(call, r) ckpt_cu_failed(#call, (r), __FILE__, __LINE__)
+
+/* In functions returning CUresult. */
+#define CU_CHECK(call) do { \
+    CUresult r_ = (call); \
+    if (r_ != CUDA_SUCCESS) { CU_FAILED(call, r_); return r_; } \
+  } while (0)
+
+/* Sets `res` and jumps to `label` on failure (for cleanup paths). */
+#define CU_CHECK_GOTO(call, res, label) do { \
+    (res) = (call); \
+    if ((res) != CUDA_SUCCESS) { CU_FAILED(call, res); goto label; } \
+  } while (0)
+
+/* In functions returning a negative CKPT_E* code. */
+#define CK_CHECK(call) do { \
+    int r_ = (call); \
+    if (r_ < 0) { CKPT_TRACE("%s:%d %s -> %d", __FILE__, __LINE__, #call, r_); return r_; } \
+  } while (0)
+
+#endif

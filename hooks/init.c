@@ -1,0 +1,76 @@
+/* Lazy initialisation, mode, fork and exit handling. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "params.h"
+
+__thread int ckpt_in_lib;
+struct ckpt_global ckpt_g = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .changed = PTHREAD_COND_INITIALIZER,
+};
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static const char *const mode_names[] = {"none", "host", "peer", "peer+host"};
+
+/* The child of a fork() shares none of our streams, events or engine thread:
+ * it keeps working, untouched (pass-through). */
+static void atfork_child(void) {
+  ckpt_g.forked = true;
+  ckpt_g.tagging = false;
+  pthread_mutex_init(&ckpt_g.lock, NULL);
+  pthread_cond_init(&ckpt_g.changed, NULL);
+}
+
+static void print_summary(void) {
+  struct ckpt_stats s = ckpt_g.stats;
+  char line[512];
+  int n = snprintf(line, sizeof line,
+                   "libckpt[%d] summary: mode=%s regions=%llu tagged=%llu offloaded=%.1f MiB restored=%.1f MiB "
+                   "device released peak=%.1f MiB copy=%.3f s stall=%.3f s pool-full=%llu restore-oom=%llu "
+                   "driver-errors=%llu\n",
+                   (int)getpid(), mode_names[ckpt_g.mode], (unsigned long long)s.regions_opened,
+                   (unsigned long long)s.tagged_allocs, s.offloaded_bytes_total / 1048576.0,
+                   s.restored_bytes_total / 1048576.0, s.device_bytes_released_peak / 1048576.0,
+                   s.copy_seconds_total, s.stall_seconds_total, (unsigned long long)s.host_pool_exhausted,
+                   (unsigned long long)s.restore_oom, (unsigned long long)s.driver_errors);
+  if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+static void at_exit(void) {
+  if (ckpt_g.forked) return;
+  ckpt_engine_stop();
+  if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) && ckpt_g.stats.hooked_calls + ckpt_g.stats.regions_opened > 0)
+    print_summary();
+}
+
+static void init(void) {
+  ckpt_params_load();
+  int mode = (int)ckpt_param_int(CKPT_P_MODE);
+  if (mode == CKPT_MODE_PEER || mode == CKPT_MODE_PEER_HOST) {
+    CKPT_WARN("CKPT_MODE=%s: peer partitioning is not implemented yet; using host offload instead",
+              mode_names[mode]);
+    mode = CKPT_MODE_HOST;
+  }
+  ckpt_g.mode = mode == CKPT_MODE_NONE ? MODE_NONE : MODE_HOST;
+  ckpt_g.min_bytes = (size_t)ckpt_param_int(CKPT_P_MIN_BYTES);
+  ckpt_g.keep_last = (int)ckpt_param_int(CKPT_P_KEEP_LAST);
+  ckpt_g.prefetch = (int)ckpt_param_int(CKPT_P_PREFETCH);
+  ckpt_g.auto_offload = ckpt_param_int(CKPT_P_OFFLOAD) == CKPT_OFFLOAD_AUTO;
+  ckpt_g.tagging = ckpt_g.mode != MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
+  pthread_atfork(NULL, NULL, atfork_child);
+  atexit(at_exit);
+  ckpt_startup_warnings();
+}
+
+void ckpt_init(void) { pthread_once(&init_once, init); }
+bool ckpt_tagging(void) { return ckpt_g.tagging; }
+
+CKPT_API const char *ckpt_mode(void) {
+  ckpt_init();
+  return mode_names[ckpt_g.mode];
+}

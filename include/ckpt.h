@@ -1,0 +1,114 @@
+/* libckpt public C API.
+ *
+ * libckpt is preloaded into a training process (LD_PRELOAD=libckpt.so). It tags
+ * device allocations made inside checkpoint regions, offloads the ones that are
+ * only needed for backward to host memory, and restores them at the same address.
+ * Every function returns 0 (or a positive id) on success and a negative
+ * CKPT_E* code on failure; none of them aborts the process.
+ */
+#ifndef CKPT_H
+#define CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Error codes (negative return values). */
+enum ckpt_error {
+  CKPT_OK = 0,
+  CKPT_EINVAL = -1,    /* bad argument */
+  CKPT_ENOENT = -2,    /* no such region / pointer not tagged */
+  CKPT_ESTATE = -3,    /* wrong state (no open region, region still open, ...) */
+  CKPT_ENOMEM = -4,    /* host or device memory exhausted */
+  CKPT_EDRIVER = -5,   /* the CUDA driver returned an error (logged) */
+  CKPT_EDISABLED = -6, /* libckpt is disabled (pass-through) in this process */
+};
+
+/* Where the bytes of a tagged allocation live now. */
+enum ckpt_residency {
+  CKPT_UNTAGGED = 0,   /* not a tagged allocation */
+  CKPT_DEVICE = 1,     /* device memory, as allocated */
+  CKPT_OFFLOADING = 2, /* copy to host in flight; device copy still valid */
+  CKPT_HOST = 3,       /* VA mapped onto host memory; device memory released */
+  CKPT_RESTORING = 4,  /* copy back in flight; host copy still valid */
+  CKPT_PEER = 5,       /* partitioned across peer ranks (peer mode) */
+};
+
+/* ---- regions and tagging ------------------------------------------------- */
+
+/* Opens a region (process-wide, nestable). Returns its id (> 0) or < 0. */
+int ckpt_region_begin(const char *name);
+/* Closes the innermost open region. Returns its id or < 0. */
+int ckpt_region_end(void);
+/* 0 and fills *region_id / *residency (either may be NULL) when dptr lies
+ * anywhere inside a tagged allocation; CKPT_ENOENT otherwise. */
+int ckpt_query(uintptr_t dptr, int *region_id, int *residency);
+
+/* ---- offload and restore (CKPT_MODE=host) -------------------------------- */
+
+/* Starts offloading the survivors of a closed region now (policy override). */
+int ckpt_offload(int region);
+/* Starts copying a region back to the device; returns without waiting. */
+int ckpt_prefetch(int region);
+/* Prefetch + completes the swap back to device memory before returning, so any
+ * work the caller enqueues afterwards reads device memory. */
+int ckpt_restore(int region);
+/* ckpt_restore() of the region holding dptr (any byte of a tagged allocation). */
+int ckpt_restore_ptr(uintptr_t dptr);
+/* Blocks the calling host thread until the region's offload or restore is done. */
+int ckpt_wait(int region);
+/* Marks the start of a new training step (forward pass): a new offload cycle. */
+int ckpt_step(void);
+
+/* Tells libckpt which stream the calling thread launches work on (frameworks
+ * know their "current stream", the driver does not). 0 = legacy stream. */
+int ckpt_set_stream(uintptr_t cu_stream);
+
+/* Returns the device memory held by free cached mappings, and the idle pinned
+ * host blocks, to the driver (like torch.cuda.empty_cache()). Returns the
+ * device bytes released, capped at INT_MAX. */
+int ckpt_release_cached(void);
+
+/* ---- stats ---------------------------------------------------------------- */
+
+struct ckpt_stats {
+  uint64_t size;                  /* sizeof(struct ckpt_stats) as filled */
+  uint64_t hooked_calls;          /* driver calls that went through a hook */
+  uint64_t regions_opened;
+  uint64_t regions_closed;
+  uint64_t tagged_allocs;         /* tagged allocations made (total) */
+  uint64_t tagged_allocs_live;
+  uint64_t tagged_bytes_live;     /* requested bytes of live tagged allocations */
+  uint64_t untagged_allocs;       /* allocations passed to the driver untouched */
+  uint64_t mapping_cache_hits;    /* tagged allocs served without driver calls */
+  uint64_t mapping_cache_bytes;   /* device bytes held by cached free mappings */
+  uint64_t offloads;              /* survivors offloaded (total) */
+  uint64_t offloaded_bytes_total;
+  uint64_t restores;
+  uint64_t restored_bytes_total;
+  uint64_t host_bytes_in_use;     /* host pool bytes backing tagged data now */
+  uint64_t host_pool_bytes;       /* host pool bytes created (in use + idle) */
+  uint64_t device_bytes_released; /* device bytes released by offload, now */
+  uint64_t device_bytes_released_peak;
+  double copy_seconds_total;      /* time the copy stream spent copying */
+  double stall_seconds_total;     /* time consumers waited for restores */
+  uint64_t host_pool_exhausted;   /* survivors kept on device: host pool full */
+  uint64_t restore_oom;           /* restores left host-backed: device OOM */
+  uint64_t driver_errors;         /* driver errors seen in the engine */
+  uint64_t device_used_now;       /* from cuMemGetInfo, last sample */
+  uint64_t device_used_peak;
+};
+
+/* Copies up to `size` bytes of the stats into *out (pass sizeof(*out)). */
+int ckpt_stats_get(struct ckpt_stats *out, size_t size);
+
+/* Returns the mode in effect: "none", "host", "peer" or "peer+host". */
+const char *ckpt_mode(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CKPT_H */

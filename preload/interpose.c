@@ -1,0 +1,217 @@
+/* The interposition layer: exported driver symbols, the dlsym override and the
+ * cuGetProcAddress wrappers. No policy: every decision is hooks/core's. */
+#define _GNU_SOURCE
+#include "../hooks/core.h"
+#include "../hooks/driver.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <string.h>
+
+#define CKPT_EXPORT __attribute__((visibility("default")))
+
+enum hook_id {
+#define CKPT_HOOK(sym, base, ver, ptsz) HOOK_##sym,
+#include "hooked.def"
+#undef CKPT_HOOK
+  HOOK__COUNT
+};
+
+/* The real driver's function behind each hooked symbol, typed. */
+static struct {
+#define CKPT_HOOK(sym, base, ver, ptsz) __typeof__(sym) *sym;
+#include "hooked.def"
+#undef CKPT_HOOK
+} real;
+
+/* Our wrapper for each symbol, with what cuGetProcAddress needs to pick it. */
+struct hook {
+  const char *symbol, *base;
+  int version, ptsz;
+  void *wrapper;
+  void **real_slot;
+};
+static const struct hook hooks[HOOK__COUNT] = {
+#define CKPT_HOOK(sym, base, ver, ptsz) \
+  [HOOK_##sym] = {#sym, #base, ver, ptsz, (void *)sym, (void **)&real.sym},
+#include "hooked.def"
+#undef CKPT_HOOK
+};
+
+static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+static void resolve_real(void) {
+  for (int i = 0; i < HOOK__COUNT; i++)
+    *hooks[i].real_slot = ckpt_driver_sym(hooks[i].symbol);
+}
+
+/* First thing every wrapper does: lazy init, count, and the real pointer. */
+#define ENTER(sym) \
+  ckpt_init(); \
+  pthread_once(&real_once, resolve_real); \
+  if (!real.sym) return CUDA_ERROR_NOT_FOUND; \
+  if (ckpt_in_lib) return CALL_REAL; \
+  ckpt_count_hooked()
+
+/* The per-thread variants name their default stream 0; make it explicit so
+ * the core can record on it from the calling thread like any stream. */
+static inline CUstream ptsz_stream(CUstream s) { return s ? s : CU_STREAM_PER_THREAD; }
+
+static CUresult do_alloc(CUdeviceptr *dptr, size_t bytes, CUstream s,
+                         CUresult (*realfn)(CUdeviceptr *, size_t, CUstream), int sync) {
+  CUresult rc;
+  if (dptr && ckpt_alloc(dptr, bytes, s, &rc)) return rc;
+  ckpt_count_untagged();
+  if (sync) return real.cuMemAlloc_v2(dptr, bytes);
+  return realfn(dptr, bytes, s);
+}
+
+static CUresult do_free(CUdeviceptr dptr, CUstream s, int sync,
+                        CUresult (*realfn)(CUdeviceptr, CUstream)) {
+  CUresult rc;
+  if (ckpt_maybe_ours(dptr) && ckpt_free(dptr, s, sync, &rc)) return rc;
+  if (sync) return real.cuMemFree_v2(dptr);
+  return realfn(dptr, s);
+}
+
+#undef CALL_REAL
+#define CALL_REAL real.cuMemAlloc_v2(dptr, bytesize)
+CKPT_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+  ENTER(cuMemAlloc_v2);
+  return do_alloc(dptr, bytesize, CU_STREAM_LEGACY, NULL, 1);
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemFree_v2(dptr)
+CKPT_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+  ENTER(cuMemFree_v2);
+  return do_free(dptr, CU_STREAM_LEGACY, 1, NULL);
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemAllocAsync(dptr, bytesize, hStream)
+CKPT_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+  ENTER(cuMemAllocAsync);
+  return do_alloc(dptr, bytesize, hStream, real.cuMemAllocAsync, 0);
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemAllocAsync_ptsz(dptr, bytesize, hStream)
+CKPT_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+  ENTER(cuMemAllocAsync_ptsz);
+  return do_alloc(dptr, bytesize, ptsz_stream(hStream), real.cuMemAllocAsync_ptsz, 0);
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemFreeAsync(dptr, hStream)
+CKPT_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
+  ENTER(cuMemFreeAsync);
+  return do_free(dptr, hStream, 0, real.cuMemFreeAsync);
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemFreeAsync_ptsz(dptr, hStream)
+CKPT_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
+  ENTER(cuMemFreeAsync_ptsz);
+  return do_free(dptr, ptsz_stream(hStream), 0, real.cuMemFreeAsync_ptsz);
+}
+/* Allocations from an explicit pool keep the pool's properties (IPC export,
+ * location): they are counted and passed through, never tagged. */
+#undef CALL_REAL
+#define CALL_REAL real.cuMemAllocFromPoolAsync(dptr, bytesize, pool, hStream)
+CKPT_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                             CUstream hStream) {
+  ENTER(cuMemAllocFromPoolAsync);
+  ckpt_count_untagged();
+  return CALL_REAL;
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, hStream)
+CKPT_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
+                                                  CUmemoryPool pool, CUstream hStream) {
+  ENTER(cuMemAllocFromPoolAsync_ptsz);
+  ckpt_count_untagged();
+  return CALL_REAL;
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuMemGetInfo_v2(free_bytes, total_bytes)
+CKPT_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
+  ENTER(cuMemGetInfo_v2);
+  CUresult rc = CALL_REAL;
+  if (rc == CUDA_SUCCESS && free_bytes && total_bytes) ckpt_note_mem_info(*free_bytes, *total_bytes);
+  return rc;
+}
+
+/* ---- cuGetProcAddress: the CUDA runtime's way in ------------------------- */
+
+/* The wrapper to hand out for a successful look-up of `name`, or NULL. Among
+ * the entries for this name, take the stream variant the flags ask for and the
+ * newest version the caller's cudaVersion admits — the driver's own rule. */
+static void *redirect(const char *name, int version, cuuint64_t flags, void *real_fn) {
+  int want_ptsz = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+  const struct hook *best = NULL;
+  for (int pass = 0; pass < 2 && !best; pass++) {
+    for (int i = 0; i < HOOK__COUNT; i++) {
+      const struct hook *h = &hooks[i];
+      if (strcmp(h->base, name) != 0 || h->version > version) continue;
+      if (pass == 0 && h->ptsz != want_ptsz) continue; /* pass 1: no such variant */
+      if (!best || h->version > best->version) best = h;
+    }
+  }
+  if (!best) return NULL;
+  if (!*best->real_slot) *best->real_slot = real_fn;
+  return best->wrapper;
+}
+
+#undef CALL_REAL
+#define CALL_REAL real.cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus)
+CKPT_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
+                                         cuuint64_t flags, CUdriverProcAddressQueryResult *symbolStatus) {
+  ENTER(cuGetProcAddress_v2);
+  CUresult rc = CALL_REAL;
+  if (rc == CUDA_SUCCESS && symbol && pfn && *pfn) {
+    void *w = redirect(symbol, cudaVersion, flags, *pfn);
+    if (w) *pfn = w;
+  }
+  return rc;
+}
+#undef CALL_REAL
+#define CALL_REAL real.cuGetProcAddress(symbol, pfn, cudaVersion, flags)
+CKPT_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
+  ENTER(cuGetProcAddress);
+  CUresult rc = CALL_REAL;
+  if (rc == CUDA_SUCCESS && symbol && pfn && *pfn) {
+    void *w = redirect(symbol, cudaVersion, flags, *pfn);
+    if (w) *pfn = w;
+  }
+  return rc;
+}
+
+/* ---- dlsym: dlopen("libcuda.so.1") + dlsym reaches us here --------------- */
+
+/* dlsym(RTLD_NEXT) means "after the caller", and libc finds the caller from
+ * its return address, which would now be us. Search the objects after the
+ * real caller in load order ourselves, keeping a definition only when it is
+ * that object's own. */
+static void *next_after(const void *caller, const char *name) {
+  Dl_info info;
+  struct link_map *lm = NULL;
+  if (!dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm) return ckpt_real_dlsym(RTLD_NEXT, name);
+  for (struct link_map *m = lm->l_next; m; m = m->l_next) {
+    void *h = dlopen(m->l_name && m->l_name[0] ? m->l_name : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h) continue;
+    void *p = ckpt_real_dlsym(h, name);
+    dlclose(h);
+    struct link_map *owner = NULL;
+    if (p && dladdr1(p, &info, (void **)&owner, RTLD_DL_LINKMAP) && owner == m) return p;
+  }
+  return NULL;
+}
+
+CKPT_EXPORT void *dlsym(void *handle, const char *name) {
+  void *p = handle == RTLD_NEXT ? next_after(__builtin_return_address(0), name) : ckpt_real_dlsym(handle, name);
+  if (!p || name[0] != 'c' || name[1] != 'u') return p;
+  for (int i = 0; i < HOOK__COUNT; i++)
+    if (strcmp(hooks[i].symbol, name) == 0) {
+      /* A driver the program loaded itself may differ from ours: keep its
+       * function as the real one when we have none yet. */
+      if (!*hooks[i].real_slot) *hooks[i].real_slot = p;
+      return hooks[i].wrapper;
+    }
+  return p;
+}

@@ -1,0 +1,240 @@
+/* Interfaces shared by the simulator's source files (none of this is exported). */
+#ifndef SIMDEV_INTERNAL_H
+#define SIMDEV_INTERNAL_H
+
+/* Declares the plain, _v2 and _ptsz/_ptds names with their real prototypes. */
+#define __CUDA_API_VERSION_INTERNAL 1
+#include <cuda.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "simdev.h"
+
+#define SD_MAX_DEVICES 16
+#define SD_LOC_HOST (-1) /* accounting location of host-located VMM memory */
+#define SD_LOC_NONE (-2) /* not accounted: pinned host allocations */
+
+/* ---- configuration, logging, time (simdev.c) ---- */
+
+struct sd_config {
+    int ndev;
+    size_t device_bytes;
+    size_t host_bytes;
+    size_t granularity;
+    unsigned stream_delay_us;
+    double copy_gbps;
+    int debug;
+};
+extern struct sd_config sd_cfg;
+extern size_t sd_page;
+
+void sd_init(void); /* reads the environment once; every entry point calls it */
+void sd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void sd_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+uint64_t sd_now_ns(void);
+void sd_sleep_ns(uint64_t ns);
+size_t sd_round_up(size_t n, size_t align); /* align: a power of two */
+bool sd_parse_size(const char *s, size_t *out);
+
+/* ---- entry points: counting and fault injection (calls.c, procaddr.c) ---- */
+
+enum sd_entry_id {
+#define SD_ENTRY_POINT(name, base, version, ptds) SD_ID_##name,
+#include "entries.def"
+#undef SD_ENTRY_POINT
+    SD_ID_COUNT
+};
+
+struct sd_entry {
+    const char *name;
+    const char *base;
+    int version;
+    bool ptds;
+    void *fn;
+};
+extern const struct sd_entry sd_entries[SD_ID_COUNT];
+int sd_entry_find(const char *name); /* -1 when not exported */
+
+/* Counts the call and applies injected failures: true means return *code. */
+bool sd_enter(enum sd_entry_id id, const char *func, CUresult *code);
+void sd_fail_parse_env(const char *spec);
+
+#define SD_ENTER(name)                                       \
+    do {                                                     \
+        CUresult sd_injected_;                               \
+        if (sd_enter(SD_ID_##name, __func__, &sd_injected_)) \
+            return sd_injected_;                             \
+    } while (0)
+
+bool sd_error_from_name(const char *name, int *code); /* errors.c */
+
+/* ---- sorted map of disjoint ranges, keyed by start (rmap.c) ---- */
+
+struct sd_range {
+    uintptr_t base;
+    size_t size;
+    void *obj;
+};
+struct sd_rmap {
+    struct sd_range *v;
+    size_t n, cap;
+};
+bool sd_rmap_insert(struct sd_rmap *m, uintptr_t base, size_t size, void *obj);
+void *sd_rmap_remove(struct sd_rmap *m, uintptr_t base);
+void *sd_rmap_find(const struct sd_rmap *m, uintptr_t addr); /* range holding addr */
+size_t sd_rmap_lower(const struct sd_rmap *m, uintptr_t addr); /* first range ending after addr */
+
+/* ---- devices and contexts (device.c) ---- */
+
+struct sd_stream;
+
+struct sd_ctx {
+    int dev;
+    bool primary;
+    bool destroyed;
+    unsigned flags;
+    unsigned long long id;
+    _Atomic int sticky;       /* CUresult of a fault, 0 while healthy */
+    struct sd_stream *legacy; /* created on first use, under the sched lock */
+    struct sd_ctx *next;      /* all contexts ever created */
+};
+
+extern atomic_bool sd_cu_initialized; /* cuInit was called */
+bool sd_dev_valid(CUdevice dev);
+struct sd_ctx *sd_ctx_current(void); /* device 0's primary context when none is current */
+bool sd_ctx_valid(struct sd_ctx *ctx);
+void sd_ctx_foreach(void (*fn)(struct sd_ctx *, void *), void *arg);
+
+#define SD_PRIORITY_LEAST 0
+#define SD_PRIORITY_GREATEST (-5)
+
+/* ---- memory accounting and the address registry (mem.c) ---- */
+
+extern pthread_mutex_t sd_mem_lock;
+
+CUresult sd_account_add(int loc, size_t bytes); /* under sd_mem_lock */
+void sd_account_sub(int loc, size_t bytes);     /* under sd_mem_lock */
+size_t sd_device_capacity(int dev);
+
+enum sd_region_kind {
+    SD_REGION_CLASSIC,  /* cuMemAlloc */
+    SD_REGION_PINNED,   /* cuMemAllocHost / cuMemHostAlloc */
+    SD_REGION_POOL,     /* a block of a stream-ordered pool */
+    SD_REGION_RESERVED, /* cuMemAddressReserve */
+};
+
+enum sd_block_state { SD_BLOCK_LIVE, SD_BLOCK_FREEING, SD_BLOCK_CACHED };
+
+struct sd_pool;
+
+struct sd_region {
+    enum sd_region_kind kind;
+    uintptr_t base;
+    size_t len;  /* mapped bytes, what is accounted */
+    size_t size; /* bytes asked for */
+    int loc;     /* accounting location: device ordinal or SD_LOC_HOST */
+    unsigned flags;
+    struct sd_pool *pool; /* SD_REGION_POOL */
+    enum sd_block_state state;
+    struct sd_region *next_cached;
+    unsigned long nmaps; /* SD_REGION_RESERVED: live cuMemMap mappings */
+};
+
+extern struct sd_rmap sd_regions; /* under sd_mem_lock */
+void *sd_map_anon(size_t len);    /* read-write, MAP_NORESERVE; NULL on failure */
+/* Accounts, maps (read-write) and registers size bytes rounded up to pages;
+ * both under sd_mem_lock. */
+CUresult sd_region_create(enum sd_region_kind kind, size_t size, int loc, struct sd_region **out);
+void sd_region_drop(struct sd_region *r); /* unregister, unmap, unaccount, free */
+
+/* ---- stream-ordered pools (pool.c) ---- */
+
+void sd_pool_free_done(struct sd_region *block); /* run by a stream worker */
+
+/* ---- VMM lookup for cuMemGetAddressRange / cuPointerGetAttribute (vmm.c) ---- */
+
+/* The mapping holding addr (under sd_mem_lock); loc may be NULL. */
+bool sd_vmm_range(uintptr_t addr, uintptr_t *base, size_t *size, int *loc);
+
+/* ---- the stream engine (stream.c) ---- */
+
+enum sd_op_kind {
+    SD_OP_NOP,      /* waits on its dependencies only */
+    SD_OP_COPY,
+    SD_OP_SET,
+    SD_OP_HOSTFN,   /* cuLaunchHostFunc */
+    SD_OP_CALLBACK, /* cuStreamAddCallback */
+    SD_OP_RECORD,   /* an event record: the op is the event's completion mark */
+    SD_OP_FREE,     /* cuMemFreeAsync reaching its stream position */
+};
+
+struct sd_op {
+    enum sd_op_kind kind;
+    int refs; /* queue + waiters + events + dependants; under the sched lock */
+    bool done;
+    uint64_t done_ns;
+    struct sd_op *next; /* queue link */
+    struct sd_op **deps;
+    unsigned ndeps, capdeps;
+    union {
+        struct { void *dst; const void *src; size_t n; } copy;
+        struct { void *dst; uint32_t value; unsigned elem; size_t count; } set;
+        struct { CUhostFn fn; void *data; } hostfn;
+        struct { CUstreamCallback fn; CUstream handle; void *data; } callback;
+        struct { struct sd_region *block; } free;
+    } u;
+};
+
+enum sd_stream_kind { SD_STREAM_USER, SD_STREAM_LEGACY, SD_STREAM_PER_THREAD };
+
+struct sd_stream {
+    enum sd_stream_kind kind;
+    struct sd_ctx *ctx;
+    unsigned flags;
+    int priority;
+    unsigned long long id;
+    struct sd_op *head, *tail; /* not yet executed */
+    struct sd_op *last;        /* last submitted, referenced: what later work orders after */
+    bool dying;
+    _Atomic unsigned delay_us;
+    pthread_cond_t work;
+    struct sd_stream *prev, *next; /* all streams with a worker */
+};
+
+void sd_sched_lock(void);
+void sd_sched_unlock(void);
+
+/* Resolves a handle as the driver does: 0 is the legacy stream (or this
+ * thread's default stream when `per_thread`), CU_STREAM_LEGACY and
+ * CU_STREAM_PER_THREAD are explicit. */
+CUresult sd_stream_get(CUstream handle, bool per_thread, struct sd_stream **out);
+
+struct sd_op *sd_op_new(enum sd_op_kind kind); /* NULL when out of memory */
+bool sd_op_add_dep(struct sd_op *op, struct sd_op *dep); /* under lock or before submit */
+void sd_op_ref(struct sd_op *op);   /* under the sched lock */
+void sd_op_unref(struct sd_op *op); /* under the sched lock */
+void sd_op_release(struct sd_op *op); /* takes the lock */
+void sd_op_wait(struct sd_op *op);
+
+/* Queues op on s (taking the creator's reference). With `keep`, a second
+ * reference is returned for the caller to wait on and release. */
+CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep);
+/* Submits and waits: a synchronous call's work on the given stream. */
+CUresult sd_submit_wait(struct sd_stream *s, struct sd_op *op);
+
+CUresult sd_ctx_sync(struct sd_ctx *ctx);
+void sd_ctx_retire_streams(struct sd_ctx *ctx); /* a destroyed context's streams finish and go */
+void sd_device_sync(int dev); /* what cuMemFree's implicit synchronization waits for */
+CUresult sd_sticky(struct sd_ctx *ctx);
+
+/* ---- faults (fault.c) ---- */
+
+/* Runs fn(arg); false when it touched memory without access (*addr = where). */
+bool sd_guarded(void (*fn)(void *), void *arg, void **addr);
+void sd_fault_record(struct sd_ctx *ctx, void *addr, const char *what, unsigned long long stream_id);
+
+#endif

@@ -1,0 +1,66 @@
+/* Test control of the simulated CUDA driver (libcuda.so.1 built from tests/simdev).
+ *
+ * The simulator is configured from the environment on its first call:
+ *   SIMDEV_DEVICES          number of devices (default 1, at most 16)
+ *   SIMDEV_DEVICE_BYTES     capacity of each device (default 16 GiB; K/M/G/T suffixes)
+ *   SIMDEV_HOST_BYTES       capacity for host-located VMM memory (default 8 GiB)
+ *   SIMDEV_GRANULARITY      VMM granularity (default 2 MiB, a power of two >= page size)
+ *   SIMDEV_STREAM_DELAY_US  sleep before each operation of every stream (default 0)
+ *   SIMDEV_COPY_GBPS        copies take bytes / (rate * 1e9) seconds (default 0: no delay)
+ *   SIMDEV_FAIL             name:nth[:code][,...]: the nth call of an entry point
+ *                           fails with code (default 2, CUDA_ERROR_OUT_OF_MEMORY);
+ *                           nth '*' fails every call; code may be a number or a
+ *                           CUDA_ERROR_* name
+ *   SIMDEV_DEBUG=1          log every decision on stderr
+ * The functions below change the same settings at run time. All are thread-safe. */
+#ifndef SIMDEV_H
+#define SIMDEV_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct CUstream_st *simdev_stream_t; /* the same type as CUstream */
+
+/* Memory accounting. `dev` is a device ordinal; out-of-range devices read as 0
+ * and are ignored by the setter. Lowering a capacity below what is in use makes
+ * the next allocations fail; nothing already allocated is taken away. */
+void simdev_set_device_capacity(int dev, size_t bytes);
+void simdev_set_host_capacity(size_t bytes);
+size_t simdev_device_used(int dev); /* classic + stream-ordered (incl. pool cache) + device VMM */
+size_t simdev_host_used(void);      /* host-located VMM memory */
+
+/* Slowness. The per-stream delay applies to `stream` as cuStreamSynchronize
+ * would resolve it (0 = the legacy stream of the current context). Returns 0,
+ * or -1 for an unknown stream. A rate <= 0 turns the copy delay off. */
+int simdev_stream_set_delay_us(simdev_stream_t stream, unsigned us);
+void simdev_set_copy_gbps(double gbps);
+
+/* The sticky "illegal address" fault a worker records when an operation
+ * touches memory without access. */
+int simdev_faulted(void);
+void simdev_clear_fault(void);
+
+/* Calls per exported entry point, by exact exported name ("cuMemAlloc_v2",
+ * "cuMemAllocAsync_ptsz"); 0 for a name the simulator does not export. */
+unsigned long simdev_calls(const char *exported_name);
+void simdev_reset_calls(void);
+
+/* Fault injection: the nth call of `exported_name` from now on (nth >= 1)
+ * returns `code` without doing anything; nth 0 makes every call from now on
+ * fail. Returns 0, or -1 for an unknown name or a full rule table. */
+int simdev_fail(const char *exported_name, unsigned long nth, int code);
+void simdev_fail_clear(void);
+
+/* Finish all stream work and stop the worker threads (optional: workers are
+ * detached). Streams, events and memory stay valid; a later stream operation
+ * starts new workers. */
+void simdev_shutdown(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
