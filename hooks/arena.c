@@ -277,8 +277,13 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
     if (t) {
       t->req = bytes;
       t->state = CKPT_DEVICE;
-      t->freed = t->cancel = false;
+      t->freed = t->cancel = t->keep = false;
       t->stream = stream;
+      t->site = ckpt_callsite_capture();
+      if (r->ns) {
+        r->ns->tagged_allocs++;
+        r->ns->tagged_bytes += bytes;
+      }
       ckpt_region_attach(r, t);
       ckpt_note_stream(stream, dev);
       ckpt_g.stats.tagged_allocs++;

@@ -20,6 +20,7 @@ static const char *const mode_names[] = {"none", "host", "peer", "peer+host"};
 /* The child of a fork() shares none of our streams, events or engine thread:
  * it keeps working, untouched (pass-through). */
 static void atfork_child(void) {
+  ckpt_observe_forked();
   ckpt_g.forked = true;
   ckpt_g.tagging = false;
   pthread_mutex_init(&ckpt_g.lock, NULL);
@@ -44,6 +45,7 @@ static void print_summary(void) {
 static void at_exit(void) {
   if (ckpt_g.forked) return;
   ckpt_engine_stop();
+  ckpt_observe_exit();
   if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) && ckpt_g.stats.hooked_calls + ckpt_g.stats.regions_opened > 0)
     print_summary();
 }
@@ -62,6 +64,7 @@ static void init(void) {
   ckpt_g.prefetch = (int)ckpt_param_int(CKPT_P_PREFETCH);
   ckpt_g.auto_offload = ckpt_param_int(CKPT_P_OFFLOAD) == CKPT_OFFLOAD_AUTO;
   ckpt_g.tagging = ckpt_g.mode != MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
+  ckpt_observe_init();
   pthread_atfork(NULL, NULL, atfork_child);
   atexit(at_exit);
   ckpt_startup_warnings();

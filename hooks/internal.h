@@ -10,6 +10,7 @@
 #include "check.h"
 #include "core.h"
 #include "driver.h"
+#include "observe.h"
 #include "params.h"
 
 #define CKPT_API __attribute__((visibility("default")))
@@ -37,7 +38,9 @@ struct talloc {
   bool busy;        /* an engine job owns the transition in flight */
   bool cancel;      /* offload cancelled by a restore before the swap */
   bool freed;       /* the program freed it */
+  bool keep;        /* outlived a whole cycle: persistent, never offloaded again */
   struct region *region;
+  uint32_t site;    /* call site (CKPT_STACKS), 0 if none */
   CUstream stream;  /* allocation stream */
   CUstream free_stream;
   CUevent free_ev;
@@ -61,6 +64,7 @@ struct region {
   bool offloaded;          /* offloaded in this cycle (policy does it once) */
   int cycle_pos;           /* index in the cycle (top-level only), -1 if none */
   struct region *hnext;    /* id hash chain */
+  struct ckpt_name_stats *ns; /* counters of its name (NULL: table full) */
 };
 
 struct ckpt_global {
@@ -123,6 +127,7 @@ void ckpt_host_pool_release_all(void);
 
 /* offload.c */
 void ckpt_policy_region_closed(struct region *r);
+void ckpt_policy_cycle_end(struct region *top);
 void ckpt_engine_stop(void);
 
 /* streams.c: the program's streams, which libckpt orders its copies after
@@ -132,11 +137,14 @@ void ckpt_note_stream(CUstream s, int device);
 void ckpt_fence(CUstream copy, int device);
 struct ckpt_gate {
   int n;
+  unsigned slot;
   uint32_t seq;
   CUevent reached[CKPT_MAX_STREAMS];
 };
-bool ckpt_gate_close(int device, struct ckpt_gate *g); /* lock held */
-void ckpt_gate_wait(struct ckpt_gate *g);              /* lock NOT held */
+/* Lock held, the device's context current. false: no gate (unavailable). */
+bool ckpt_gate_close(int device, struct ckpt_gate *g);
+bool ckpt_gate_reached(struct ckpt_gate *g);
+void ckpt_gate_wait(struct ckpt_gate *g); /* lock NOT held */
 void ckpt_gate_open(struct ckpt_gate *g);
 
 /* startup.c */

@@ -38,6 +38,11 @@ static CUresult devres_get(int device, CUcontext ctx, struct devres **out) {
 enum { JOB_TO_HOST, JOB_TO_DEVICE };
 struct job {
   int kind, device;
+  uint64_t bytes;
+  struct ckpt_gate gate;
+  bool gated;               /* gate closed (by the engine or a restore) */
+  bool restore_gate;        /* closed by a restore: a consumer waits at it */
+  struct job *gate_owner;   /* the job whose gate covers this one, or NULL */
   CUcontext ctx;
   CUevent start, done;
   struct region *top;
@@ -52,6 +57,7 @@ static pthread_t engine;
 static bool engine_started, engine_stop;
 
 static void apply(struct job *j, CUresult copy_rc);
+static void wait_settled(struct region *top, bool count_stall);
 
 static void job_done(struct job *j) {
   j->top->jobs--;
@@ -61,45 +67,112 @@ static void job_done(struct job *j) {
   free(j);
 }
 
-/* The engine: waits for the oldest job's copies, takes every later job of
- * the same device whose copies are complete too, holds the program's streams
- * at a gate, swaps all of them, releases the gate. Lock held on entry/exit. */
+/* Whether applying the job would swap anything (cancelled or freed items
+ * are only rolled back: no gate needed for them). */
+static bool job_swaps(const struct job *j) {
+  for (int i = 0; i < j->n; i++)
+    if (!j->items[i]->cancel && !j->items[i]->freed) return true;
+  return false;
+}
+
+/* Holds the program's streams of j's device at a gate (lock held). */
+static void gate_job(struct job *j) {
+  CUcontext saved = NULL;
+  DRV(cuCtxGetCurrent, &saved);
+  if (saved != j->ctx) DRV(cuCtxSetCurrent, j->ctx);
+  j->gated = ckpt_gate_close(j->device, &j->gate);
+  j->gate_owner = j;
+  if (saved != j->ctx) DRV(cuCtxSetCurrent, saved);
+}
+
+/* The first job of `device` holding a closed gate (a restore's), or NULL. */
+static struct job *first_gated(int device) {
+  for (struct job *q = queue_head; q; q = q->next)
+    if (q->device == device && q->gate_owner == q) return q;
+  return NULL;
+}
+
+static void queue_remove(struct job *j) {
+  struct job **pp = &queue_head, *prev = NULL;
+  while (*pp && *pp != j) prev = *pp, pp = &(*pp)->next;
+  if (!*pp) return;
+  *pp = j->next;
+  if (queue_tail == j) queue_tail = prev;
+}
+
+/* The engine. Gates on one stream open in the order they were closed, so the
+ * engine never closes a gate behind one that is still closed: when a restore
+ * has closed one, everything of that device queued before it is swapped under
+ * that gate. Otherwise the oldest job's copies are awaited and it, with the
+ * later jobs whose copies are complete, is swapped under a gate of its own.
+ * Jobs stay queued until done so that a restore can find them. Lock held. */
 #define BATCH 64
 static void engine_round(void) {
+  int device = queue_head->device;
+  struct job *target = NULL, *g;
+  CUresult rc_target = CUDA_SUCCESS;
+  do { /* until no restore closed a gate while we waited */
+    g = first_gated(device);
+    target = g ? g : queue_head;
+    UNLOCK();
+    DRV(cuCtxSetCurrent, target->ctx);
+    rc_target = DRV(cuEventSynchronize, target->done);
+    LOCK();
+  } while (first_gated(device) != g && first_gated(device) != NULL && !g);
   struct job *batch[BATCH];
   CUresult rc[BATCH];
-  struct job *j = queue_head;
-  queue_head = j->next;
-  if (!queue_head) queue_tail = NULL;
-  UNLOCK();
-  DRV(cuCtxSetCurrent, j->ctx);
-  rc[0] = DRV(cuEventSynchronize, j->done);
-  LOCK();
-  batch[0] = j;
-  int n = 1;
-  while (n < BATCH && queue_head && queue_head->device == j->device &&
-         DRV(cuEventQuery, queue_head->done) == CUDA_SUCCESS) {
-    batch[n] = queue_head;
-    rc[n++] = CUDA_SUCCESS;
-    queue_head = queue_head->next;
-    if (!queue_head) queue_tail = NULL;
+  int n = 0;
+  bool past_target = false;
+  for (struct job *q = queue_head; q && n < BATCH; q = q->next) {
+    if (q->device != device) continue;
+    if (past_target && (q->gate_owner || DRV(cuEventQuery, q->done) != CUDA_SUCCESS)) break;
+    /* Jobs before the target completed their copies before it (one copy stream). */
+    rc[n] = q == target ? rc_target : DRV(cuEventQuery, q->done);
+    batch[n++] = q;
+    if (q == target) past_target = true;
   }
-  struct ckpt_gate gate;
-  bool gated = ckpt_gate_close(j->device, &gate);
-  if (gated) {
-    UNLOCK();
-    ckpt_gate_wait(&gate);
-    LOCK();
+  bool swaps = false;
+  for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && job_swaps(batch[i]);
+  if (!target->gate_owner && swaps) gate_job(target);
+  for (int i = 0; i < n; i++) batch[i]->gate_owner = target; /* a restore must not gate them again */
+  double stall_from = 0;
+  if (target->gated) {
+    bool early = ckpt_gate_reached(&target->gate);
+    stall_from = ckpt_now();
+    if (!early) {
+      UNLOCK();
+      ckpt_gate_wait(&target->gate);
+      LOCK();
+      stall_from = ckpt_now();
+    }
   }
   for (int i = 0; i < n; i++) {
+    struct job *b = batch[i];
     float ms = 0;
-    if (rc[i] == CUDA_SUCCESS && DRV(cuEventElapsedTime_v2, &ms, batch[i]->start, batch[i]->done) == CUDA_SUCCESS)
-      ckpt_g.stats.copy_seconds_total += ms / 1000.0;
-    apply(batch[i], rc[i]);
+    if (rc[i] != CUDA_SUCCESS || DRV(cuEventElapsedTime_v2, &ms, b->start, b->done) != CUDA_SUCCESS) ms = 0;
+    ckpt_g.stats.copy_seconds_total += ms / 1000.0;
+    if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
+    apply(b, rc[i]);
+    ckpt_trace(b->kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, b->top->id, NULL, b->bytes, 0,
+               (uint64_t)(ms * 1e6));
   }
-  if (gated) ckpt_gate_open(&gate);
-  for (int i = 0; i < n; i++) job_done(batch[i]);
+  if (target->gated) {
+    ckpt_gate_open(&target->gate);
+    /* A consumer held at a restore's gate waited from (at the latest) the
+     * moment both the copies and the gate were reached until now. */
+    if (target->restore_gate) {
+      double dt = ckpt_now() - stall_from;
+      ckpt_g.stats.stall_seconds_total += dt;
+      if (target->top->ns) target->top->ns->stall_seconds += dt;
+      ckpt_trace(CKPT_T_STALL, target->top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    queue_remove(batch[i]);
+    job_done(batch[i]);
+  }
   ckpt_reap();
+  ckpt_publish();
   pthread_cond_broadcast(&ckpt_g.changed);
 }
 
@@ -147,7 +220,7 @@ static int push_job(struct job *j) {
 /* Survivors of a region tree matching `want`, at most `max`. */
 static int collect(struct region *r, int want, struct talloc **out, int n, int max) {
   for (struct talloc *t = r->allocs; t; t = t->rnext)
-    if (t->state == want && !t->busy) {
+    if (t->state == want && !t->busy && !(want == CKPT_DEVICE && t->keep)) {
       if (out && n < max) out[n] = t;
       n++;
     }
@@ -248,10 +321,13 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
       t->state = CKPT_RESTORING;
     }
     t->busy = true;
+    j->bytes += t->req;
     j->items[j->n++] = t;
   }
   CU_CHECK_GOTO(DRV(cuEventRecord, j->done, d->copy), r, fail_items);
   if (j->n == 0) goto fail_items;
+  ckpt_trace(kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_START : CKPT_T_RESTORE_START, j->top->id, NULL, j->bytes,
+             (uintptr_t)d->copy, 0);
   return 1;
 fail_items:
   /* No job: roll every item back to where its data is valid. */
@@ -284,6 +360,11 @@ static void to_host(struct talloc *t, CUresult copy_rc) {
       t->state = CKPT_HOST;
       ckpt_g.stats.offloads++;
       ckpt_g.stats.offloaded_bytes_total += t->req;
+      if (t->region && t->region->ns) {
+        t->region->ns->offloads++;
+        t->region->ns->offloaded_bytes += t->req;
+      }
+      ckpt_callsite_offloaded(t->site, t->req);
       ckpt_g.stats.host_bytes_in_use += t->size;
       ckpt_g.stats.device_bytes_released += t->size;
       if (ckpt_g.stats.device_bytes_released > ckpt_g.stats.device_bytes_released_peak)
@@ -310,9 +391,12 @@ static void drop_fresh(struct talloc *t) {
   t->fresh_va = 0;
 }
 
+/* A survivor freed while its restore is in flight is swapped all the same:
+ * the free is stream-ordered, and the work queued before it (behind the
+ * restore's gate, typically) is exactly the consumer that wants device memory. */
 static void to_device(struct talloc *t, CUresult copy_rc) {
   CUresult r = copy_rc;
-  if (r == CUDA_SUCCESS && !t->freed) {
+  if (r == CUDA_SUCCESS) {
     r = DRV(cuMemUnmap, t->va, t->size);
     if (r == CUDA_SUCCESS) {
       r = ckpt_map(t->va, t->size, t->fresh, t->device);
@@ -333,6 +417,10 @@ static void to_device(struct talloc *t, CUresult copy_rc) {
       t->state = CKPT_DEVICE;
       ckpt_g.stats.restores++;
       ckpt_g.stats.restored_bytes_total += t->req;
+      if (t->region && t->region->ns) {
+        t->region->ns->restores++;
+        t->region->ns->restored_bytes += t->req;
+      }
       ckpt_g.stats.host_bytes_in_use -= t->size;
       ckpt_g.stats.device_bytes_released -= t->size;
       return;
@@ -414,6 +502,28 @@ void ckpt_policy_region_closed(struct region *r) {
   }
 }
 
+static int tree_live(struct region *r) {
+  int n = r->live;
+  for (struct region *k = r->kids; k; k = k->sibling) n += tree_live(k);
+  return n;
+}
+
+static void mark_keep(struct region *r) {
+  for (struct talloc *t = r->allocs; t; t = t->rnext) t->keep = true;
+  for (struct region *k = r->kids; k; k = k->sibling) mark_keep(k);
+}
+
+/* A survivor still alive when its cycle ends is not an activation but
+ * something persistent that happened to be allocated inside a region (a
+ * cuBLAS workspace, an optimizer state created lazily): bring it back and
+ * never offload it again, or every later step would read it over the link. */
+void ckpt_policy_cycle_end(struct region *top) {
+  if (tree_live(top) > 0) {
+    mark_keep(top);
+    if (ckpt_g.tagging) tree_job(JOB_TO_DEVICE, top);
+  }
+}
+
 static bool tree_settled(struct region *r) {
   for (struct talloc *t = r->allocs; t; t = t->rnext)
     if (t->busy) return false;
@@ -469,18 +579,29 @@ static void wait_settled(struct region *top, bool count_stall) {
   top->waiters++; /* keeps the tree alive while the lock is released */
   while (!(tree_settled(top) && top->jobs == 0)) pthread_cond_wait(&ckpt_g.changed, &ckpt_g.lock);
   top->waiters--;
-  if (count_stall) ckpt_g.stats.stall_seconds_total += ckpt_now() - t0;
+  if (count_stall) {
+    double dt = ckpt_now() - t0;
+    ckpt_g.stats.stall_seconds_total += dt;
+    if (top->ns) top->ns->stall_seconds += dt;
+    ckpt_trace(CKPT_T_STALL, top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
+  }
 }
 
+/* Restore = prefetch, then hold the program's streams at a gate placed now,
+ * before any work the caller enqueues next: that work runs after the swap
+ * and reads device memory, and the host never waits. */
 static int restore_locked(struct region *top) {
   int rc = prefetch_locked(top);
-  wait_settled(top, true);
-  /* A restore that found no device memory is retried once, now. */
-  if (collect(top, CKPT_HOST, NULL, 0, 0) > 0) {
-    tree_job(JOB_TO_DEVICE, top);
-    wait_settled(top, true);
-  }
-  ckpt_region_retire_maybe(top);
+  bool ungated = false;
+  for (struct job *q = queue_head; q; q = q->next)
+    if (q->top == top && q->kind == JOB_TO_DEVICE && !q->gate_owner) {
+      gate_job(q);
+      q->restore_gate = q->gated;
+      ungated |= !q->gated;
+    }
+  /* Without gates (an old driver), the host waits for the swap instead, so
+   * the work it enqueues next still runs after it. */
+  if (ungated) wait_settled(top, true);
   return rc;
 }
 
@@ -491,8 +612,10 @@ CKPT_API int ckpt_restore(int id) {
   LOCK();
   struct region *top = api_region(id);
   int rc = top ? restore_locked(top) : CKPT_ENOENT;
+  int top_id = top ? top->id : 0;
   UNLOCK();
   IN_LIB_END();
+  if (top_id) ckpt_profile_restore(top_id);
   return rc;
 }
 
@@ -502,9 +625,12 @@ CKPT_API int ckpt_restore_ptr(uintptr_t dptr) {
   IN_LIB_BEGIN();
   LOCK();
   struct talloc *t = ckpt_live_find((CUdeviceptr)dptr);
-  int rc = t && t->region ? restore_locked(t->region->top) : CKPT_ENOENT;
+  struct region *top = t && t->region ? t->region->top : NULL;
+  int rc = top ? restore_locked(top) : CKPT_ENOENT;
+  int top_id = top ? top->id : 0; /* read before unlocking: the tree may retire */
   UNLOCK();
   IN_LIB_END();
+  if (top_id) ckpt_profile_restore(top_id);
   return rc;
 }
 

@@ -55,6 +55,7 @@ void ckpt_cycle_reset(void) {
   ckpt_g.cycle_restored = false;
   for (int i = 0; i < n; i++) {
     struct region *r = ckpt_g.cycle[i];
+    ckpt_policy_cycle_end(r);
     r->cycle_pos = -1;
     ckpt_region_retire_maybe(r);
   }
@@ -136,9 +137,15 @@ CKPT_API int ckpt_region_begin(const char *name) {
   buckets[r->id % NBUCKETS] = r;
   ckpt_g.open = r;
   ckpt_g.stats.regions_opened++;
+  r->ns = ckpt_name_stats(r->name);
+  if (r->ns) r->ns->regions++;
   int id = r->id;
   CKPT_TRACE("region %d '%s' open", id, r->name);
+  ckpt_trace(CKPT_T_REGION_OPEN, id, r->name, 0, 0, 0);
+  char copy[sizeof r->name];
+  memcpy(copy, r->name, sizeof copy);
   UNLOCK();
+  ckpt_profile_begin(id, copy);
   return id;
 }
 
@@ -162,7 +169,10 @@ CKPT_API int ckpt_region_end(void) {
   ckpt_reap();
   IN_LIB_END();
   ckpt_region_retire_maybe(r);
+  ckpt_trace(CKPT_T_REGION_CLOSE, id, NULL, 0, 0, 0);
+  ckpt_publish();
   UNLOCK();
+  ckpt_profile_end(id);
   ckpt_stats_sample_device();
   CKPT_TRACE("region %d closed", id);
   return id;
@@ -188,6 +198,7 @@ CKPT_API int ckpt_step(void) {
   if (ckpt_g.forked) return CKPT_EDISABLED;
   LOCK();
   ckpt_cycle_reset();
+  ckpt_trace(CKPT_T_STEP, 0, NULL, 0, 0, 0);
   IN_LIB_BEGIN();
   ckpt_reap();
   IN_LIB_END();

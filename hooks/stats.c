@@ -29,7 +29,10 @@ void ckpt_note_mem_info(size_t free_bytes, size_t total_bytes) {
  * mappings). Cheap; called at region boundaries by the API. */
 void ckpt_stats_sample_device(void) {
   size_t f = 0, t = 0;
-  if (ckpt_g.tagging && DRV(cuMemGetInfo_v2, &f, &t) == CUDA_SUCCESS) ckpt_note_mem_info(f, t);
+  if (ckpt_g.tagging && DRV(cuMemGetInfo_v2, &f, &t) == CUDA_SUCCESS) {
+    ckpt_note_mem_info(f, t);
+    ckpt_trace(CKPT_T_MEM, 0, NULL, 0, 0, t - f);
+  }
 }
 
 CKPT_API int ckpt_stats_get(struct ckpt_stats *out, size_t size) {

@@ -14,37 +14,34 @@
 static struct {
   CUstream s;
   int device;
-  CUevent fence, gate;
+  CUevent fence;
 } streams[CKPT_MAX_STREAMS];
 static int nstreams;
 static unsigned evict;
 
-static volatile uint32_t *gate_word; /* pinned, mapped for the device */
-static CUdeviceptr gate_dptr;
+/* Gate words: one pinned page, a slot per open gate, so opening one gate
+ * never releases another (waits compare with >=). */
+#define GATE_SLOTS 256
+static volatile uint32_t *gate_words;
+static CUdeviceptr gate_dwords;
 static uint32_t gate_seq;
+static bool slot_busy[GATE_SLOTS];
 static int gates_ok = -1; /* unknown, 0 unavailable, 1 available */
-static bool gate_closed;  /* the engine may be waiting on the gate events */
 
 static void drop(int i) {
   DRV(cuEventDestroy_v2, streams[i].fence);
-  if (!gate_closed) DRV(cuEventDestroy_v2, streams[i].gate); /* else: one event leaks, rather than a use after free */
   streams[i] = streams[--nstreams];
 }
 
 void ckpt_note_stream(CUstream s, int device) {
   for (int i = 0; i < nstreams; i++)
     if (streams[i].s == s && streams[i].device == device) return;
-  CUevent f, g;
+  CUevent f;
   if (DRV(cuEventCreate, &f, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) return;
-  if (DRV(cuEventCreate, &g, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC) != CUDA_SUCCESS) {
-    DRV(cuEventDestroy_v2, f);
-    return;
-  }
   if (nstreams == CKPT_MAX_STREAMS) drop((int)(evict++ % CKPT_MAX_STREAMS));
   streams[nstreams].s = s;
   streams[nstreams].device = device;
   streams[nstreams].fence = f;
-  streams[nstreams].gate = g;
   nstreams++;
 }
 
@@ -80,13 +77,14 @@ void ckpt_fence(CUstream copy, int device) {
 static bool gates_available(void) {
   if (gates_ok >= 0) return gates_ok;
   void *host = NULL;
-  CUresult r = DRV(cuMemHostAlloc, &host, sizeof(uint32_t), CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
-  if (r == CUDA_SUCCESS) r = DRV(cuMemHostGetDevicePointer_v2, &gate_dptr, host, 0);
+  CUresult r = DRV(cuMemHostAlloc, &host, GATE_SLOTS * sizeof(uint32_t),
+                   CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
+  if (r == CUDA_SUCCESS) r = DRV(cuMemHostGetDevicePointer_v2, &gate_dwords, host, 0);
   if (r == CUDA_SUCCESS && !ckpt_drv.cuStreamWaitValue32_v2) r = CUDA_ERROR_NOT_FOUND;
   gates_ok = r == CUDA_SUCCESS;
   if (gates_ok) {
-    gate_word = host;
-    *gate_word = gate_seq;
+    gate_words = host;
+    for (int i = 0; i < GATE_SLOTS; i++) gate_words[i] = 0;
   } else {
     CKPT_WARN("stream gates unavailable (%s): swaps rely on the policy's ordering alone", ckpt_cu_name(r));
   }
@@ -96,20 +94,48 @@ static bool gates_available(void) {
 bool ckpt_gate_close(int device, struct ckpt_gate *g) {
   g->n = 0;
   if (!gates_available()) return false;
+  int slot = -1;
+  for (int i = 0; i < GATE_SLOTS && slot < 0; i++)
+    if (!slot_busy[(gate_seq + 1 + (unsigned)i) % GATE_SLOTS]) slot = (int)((gate_seq + 1 + (unsigned)i) % GATE_SLOTS);
+  if (slot < 0) {
+    CKPT_WARN_ONCE("all %d stream gates are in use: a swap proceeds ungated", GATE_SLOTS);
+    return false;
+  }
+  slot_busy[slot] = true;
+  g->slot = (unsigned)slot;
   g->seq = ++gate_seq;
-  gate_closed = true;
+  int gated[CKPT_MAX_STREAMS];
+  /* Every "reached" event first, then the waits: the legacy stream implicitly
+   * waits for the blocking streams' earlier work, so an event recorded on it
+   * after another stream's wait would wait for the gate itself. Each gate has
+   * its own events: two gates may be closed on one stream at once. */
   for (int i = 0; i < nstreams; i++) {
     /* Another thread's default stream cannot be named from here. */
     if (streams[i].device != device || streams[i].s == CU_STREAM_PER_THREAD) continue;
-    CUresult r = DRV(cuEventRecord, streams[i].gate, streams[i].s);
-    if (r == CUDA_SUCCESS)
-      r = DRV(cuStreamWaitValue32_v2, streams[i].s, gate_dptr, g->seq, CU_STREAM_WAIT_VALUE_GEQ);
+    CUevent ev;
+    CUresult r = DRV(cuEventCreate, &ev, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC);
+    if (r == CUDA_SUCCESS) {
+      r = DRV(cuEventRecord, ev, streams[i].s);
+      if (r != CUDA_SUCCESS) DRV(cuEventDestroy_v2, ev);
+    }
     if (r != CUDA_SUCCESS) {
-      CU_FAILED(cuStreamWaitValue32_v2, r);
+      CU_FAILED(cuEventRecord, r);
       continue;
     }
-    g->reached[g->n++] = streams[i].gate;
+    gated[g->n] = i;
+    g->reached[g->n++] = ev;
   }
+  CUdeviceptr word = gate_dwords + g->slot * sizeof(uint32_t);
+  for (int k = 0; k < g->n; k++) {
+    CUresult r = DRV(cuStreamWaitValue32_v2, streams[gated[k]].s, word, g->seq, CU_STREAM_WAIT_VALUE_GEQ);
+    if (r != CUDA_SUCCESS) CU_FAILED(cuStreamWaitValue32_v2, r); /* that stream is not held */
+  }
+  return true;
+}
+
+bool ckpt_gate_reached(struct ckpt_gate *g) {
+  for (int i = 0; i < g->n; i++)
+    if (DRV(cuEventQuery, g->reached[i]) != CUDA_SUCCESS) return false;
   return true;
 }
 
@@ -121,7 +147,8 @@ void ckpt_gate_wait(struct ckpt_gate *g) {
 }
 
 void ckpt_gate_open(struct ckpt_gate *g) {
-  gate_closed = false;
-  if (!gate_word) return;
-  __atomic_store_n(gate_word, g->seq, __ATOMIC_RELEASE);
+  __atomic_store_n(&gate_words[g->slot], g->seq, __ATOMIC_RELEASE);
+  slot_busy[g->slot] = false;
+  for (int i = 0; i < g->n; i++) DRV(cuEventDestroy_v2, g->reached[i]);
+  g->n = 0;
 }

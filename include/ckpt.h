@@ -53,8 +53,10 @@ int ckpt_query(uintptr_t dptr, int *region_id, int *residency);
 int ckpt_offload(int region);
 /* Starts copying a region back to the device; returns without waiting. */
 int ckpt_prefetch(int region);
-/* Prefetch + completes the swap back to device memory before returning, so any
- * work the caller enqueues afterwards reads device memory. */
+/* Prefetch + the program's streams wait (at a gate enqueued now) for the swap
+ * back to device memory, so any work enqueued afterwards on them reads device
+ * memory. Does not block the host; ckpt_wait() does. Streams libckpt knows:
+ * those tagged memory was allocated on and those named by ckpt_set_stream(). */
 int ckpt_restore(int region);
 /* ckpt_restore() of the region holding dptr (any byte of a tagged allocation). */
 int ckpt_restore_ptr(uintptr_t dptr);

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 #define MAX_RULES 64
 

@@ -2,7 +2,7 @@
  * synchronous calls are legacy-stream work (per-thread stream work for the
  * _ptds names) followed by a wait, as in the driver. Address spaces are
  * unified, so direction only names the call. */
-#include "internal.h"
+#include "simdev_internal.h"
 
 #define ADDR(p) ((void *)(uintptr_t)(p))
 

@@ -4,12 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 #define CTX_STACK 16 /* small: the TLS block is static (fault.c) */
 #define DRIVER_VERSION 13000
 
-atomic_bool sd_cu_initialized;
+static atomic_bool cu_initialized; /* cuInit was called */
 
 static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sd_ctx primaries[SD_MAX_DEVICES];
@@ -78,7 +78,7 @@ static CUresult need_init(void)
 {
     sd_init();
     pthread_once(&primaries_once, primaries_init);
-    return atomic_load(&sd_cu_initialized) ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
+    return atomic_load(&cu_initialized) ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
 }
 
 #define NEED_INIT()                      \
@@ -96,7 +96,7 @@ CUresult cuInit(unsigned int Flags)
     if (Flags != 0)
         return CUDA_ERROR_INVALID_VALUE;
     pthread_once(&primaries_once, primaries_init);
-    atomic_store(&sd_cu_initialized, true);
+    atomic_store(&cu_initialized, true);
     return CUDA_SUCCESS;
 }
 
@@ -232,6 +232,8 @@ static int attribute(CUdevice_attribute a, CUdevice dev)
     case CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK: return 1024;
     case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: return 1;
     case CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH: return 1;
+    case CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS: return 1;
+    case CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR: return 1;
     case CU_DEVICE_ATTRIBUTE_MEM_SYNC_DOMAIN_COUNT: return 4;
     case CU_DEVICE_ATTRIBUTE_NUMA_ID: return -1;
     case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID: return 0;

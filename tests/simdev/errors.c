@@ -1,7 +1,7 @@
 /* cuGetErrorName / cuGetErrorString for the codes a caller is likely to meet. */
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 #define E(code, text) {code, #code, text}
 

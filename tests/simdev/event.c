@@ -3,7 +3,7 @@
  * recorded is complete. Event state lives under the sched lock. */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 struct sd_event {
     unsigned flags;

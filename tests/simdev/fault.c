@@ -7,7 +7,7 @@
 #include <signal.h>
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 /* initial-exec: the handler must not allocate on first TLS access. */
 static __thread sigjmp_buf *armed __attribute__((tls_model("initial-exec")));

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 pthread_mutex_t sd_mem_lock = PTHREAD_MUTEX_INITIALIZER;
 struct sd_rmap sd_regions;
@@ -54,7 +54,7 @@ size_t sd_device_capacity(int dev)
     return cap;
 }
 
-void *sd_map_anon(size_t len)
+static void *map_anon(size_t len)
 {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
@@ -73,7 +73,7 @@ CUresult sd_region_create(enum sd_region_kind kind, size_t size, int loc, struct
         free(r);
         return rc;
     }
-    void *p = sd_map_anon(len);
+    void *p = map_anon(len);
     if (!p || !sd_rmap_insert(&sd_regions, (uintptr_t)p, len, r)) {
         if (p)
             munmap(p, len);

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 struct sd_pool {
     int loc; /* accounting location */

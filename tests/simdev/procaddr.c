@@ -3,10 +3,11 @@
  * names, and the library links with -Bsymbolic so that &fn below is ours. */
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 const struct sd_entry sd_entries[SD_ID_COUNT] = {
-#define SD_ENTRY_POINT(name, base, version, ptds) {#name, #base, version, ptds, (void *)&name},
+/* __extension__: ISO C has no function-to-void* conversion; cuGetProcAddress needs one. */
+#define SD_ENTRY_POINT(name, base, version, ptds) {#name, #base, version, ptds, __extension__(void *)&name},
 #include "entries.def"
 #undef SD_ENTRY_POINT
 };

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 size_t sd_rmap_lower(const struct sd_rmap *m, uintptr_t addr)
 {

@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 #define GiB (1024ull * 1024 * 1024)
 
@@ -24,7 +24,7 @@ size_t sd_page = 4096;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-bool sd_parse_size(const char *s, size_t *out)
+static bool parse_size(const char *s, size_t *out)
 {
     char *end;
     errno = 0;
@@ -54,7 +54,7 @@ static void env_size(const char *name, size_t *dst, const char *expected)
     size_t v;
     if (!s || !*s)
         return;
-    if (sd_parse_size(s, &v))
+    if (parse_size(s, &v))
         *dst = v;
     else
         sd_say("simdev: ignoring %s=%s (expected %s)", name, s, expected);
@@ -67,12 +67,13 @@ static void read_config(void)
         sd_page = (size_t)page;
 
     const char *s = getenv("SIMDEV_DEBUG");
-    sd_cfg.debug = s && *s && strcmp(s, "0") != 0;
+    if (s && *s)
+        sd_cfg.debug = *s == '2' ? 2 : strcmp(s, "0") != 0;
 
     size_t v = 0;
     s = getenv("SIMDEV_DEVICES");
     if (s && *s) {
-        if (sd_parse_size(s, &v) && v >= 1 && v <= SD_MAX_DEVICES)
+        if (parse_size(s, &v) && v >= 1 && v <= SD_MAX_DEVICES)
             sd_cfg.ndev = (int)v;
         else
             sd_say("simdev: ignoring SIMDEV_DEVICES=%s (expected 1..%d)", s, SD_MAX_DEVICES);

@@ -5,13 +5,17 @@
  *   SIMDEV_DEVICE_BYTES     capacity of each device (default 16 GiB; K/M/G/T suffixes)
  *   SIMDEV_HOST_BYTES       capacity for host-located VMM memory (default 8 GiB)
  *   SIMDEV_GRANULARITY      VMM granularity (default 2 MiB, a power of two >= page size)
- *   SIMDEV_STREAM_DELAY_US  sleep before each operation of every stream (default 0)
+ *   SIMDEV_STREAM_DELAY_US  sleep before each operation of every stream, pure waits
+ *                           (cuStreamWaitEvent, stream barriers) excepted (default 0)
  *   SIMDEV_COPY_GBPS        copies take bytes / (rate * 1e9) seconds (default 0: no delay)
  *   SIMDEV_FAIL             name:nth[:code][,...]: the nth call of an entry point
  *                           fails with code (default 2, CUDA_ERROR_OUT_OF_MEMORY);
  *                           nth '*' fails every call; code may be a number or a
  *                           CUDA_ERROR_* name
- *   SIMDEV_DEBUG=1          log every decision on stderr
+ *   SIMDEV_DEBUG=1          log allocations, mappings, streams and lookups on stderr;
+ *                           =2 also every stream operation as a worker runs it
+ * Nothing else is printed, except one "simdev: illegal address ..." line when a
+ * context faults and one line per SIMDEV_* variable that cannot be parsed.
  * The functions below change the same settings at run time. All are thread-safe. */
 #ifndef SIMDEV_H
 #define SIMDEV_H
@@ -29,6 +33,7 @@ typedef struct CUstream_st *simdev_stream_t; /* the same type as CUstream */
  * the next allocations fail; nothing already allocated is taken away. */
 void simdev_set_device_capacity(int dev, size_t bytes);
 void simdev_set_host_capacity(size_t bytes);
+/* Classic and stream-ordered allocations count in whole pages, VMM in whole granules. */
 size_t simdev_device_used(int dev); /* classic + stream-ordered (incl. pool cache) + device VMM */
 size_t simdev_host_used(void);      /* host-located VMM memory */
 
@@ -54,9 +59,11 @@ void simdev_reset_calls(void);
 int simdev_fail(const char *exported_name, unsigned long nth, int code);
 void simdev_fail_clear(void);
 
-/* Finish all stream work and stop the worker threads (optional: workers are
- * detached). Streams, events and memory stay valid; a later stream operation
- * starts new workers. */
+/* Finishes all queued stream work and stops every worker thread (optional:
+ * workers are detached). Created streams are destroyed (their handles become
+ * invalid); the legacy and per-thread default streams come back on next use.
+ * A cuStreamWaitValue on a word nobody writes is abandoned. Events and memory
+ * stay valid. */
 void simdev_shutdown(void);
 
 #ifdef __cplusplus

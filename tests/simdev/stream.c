@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 static pthread_mutex_t sched = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t progress = PTHREAD_COND_INITIALIZER;
@@ -96,7 +96,7 @@ bool sd_op_add_dep(struct sd_op *op, struct sd_op *dep)
         op->capdeps = cap;
     }
     op->deps[op->ndeps++] = dep;
-    dep->refs++;
+    sd_op_ref(dep);
     return true;
 }
 
@@ -166,19 +166,52 @@ static void exec_op(void *arg)
     }
 }
 
-static const char *op_name(enum sd_op_kind kind)
+const char *sd_op_name(enum sd_op_kind kind)
 {
     switch (kind) {
     case SD_OP_COPY: return "copy";
     case SD_OP_SET: return "memset";
     case SD_OP_HOSTFN: return "host function";
     case SD_OP_CALLBACK: return "stream callback";
+    case SD_OP_NOP: return "wait";
+    case SD_OP_RECORD: return "event record";
+    case SD_OP_FREE: return "stream-ordered free";
+    case SD_OP_WAIT_VALUE: return "wait on a memory value";
+    case SD_OP_WRITE_VALUE: return "memory value write";
     default: return "operation";
+    }
+}
+
+static void trace_op(const struct sd_stream *s, const struct sd_op *op)
+{
+    switch (op->kind) {
+    case SD_OP_COPY:
+        sd_log("stream %llu: copy %p <- %p, %zu bytes", s->id, op->u.copy.dst, op->u.copy.src, op->u.copy.n);
+        break;
+    case SD_OP_SET:
+        sd_log("stream %llu: memset %p, %zu x %u bytes", s->id, op->u.set.dst, op->u.set.count, op->u.set.elem);
+        break;
+    case SD_OP_HOSTFN:
+        sd_log("stream %llu: host function %p(%p)", s->id, (void *)(uintptr_t)op->u.hostfn.fn, op->u.hostfn.data);
+        break;
+    case SD_OP_FREE:
+        sd_log("stream %llu: free %#lx", s->id, (unsigned long)op->u.free.block->base);
+        break;
+    case SD_OP_WAIT_VALUE:
+    case SD_OP_WRITE_VALUE:
+        sd_log("stream %llu: %s %p, value %#llx, flags %#x", s->id, sd_op_name(op->kind), op->u.value.addr,
+               (unsigned long long)op->u.value.value, op->u.value.flags);
+        break;
+    default:
+        sd_log("stream %llu: %s after %u dependencies", s->id, sd_op_name(op->kind), op->ndeps);
+        break;
     }
 }
 
 static void run_op(struct sd_stream *s, struct sd_op *op)
 {
+    if (sd_cfg.debug >= 2)
+        trace_op(s, op);
     unsigned delay = atomic_load(&s->delay_us);
     if (delay && op->kind != SD_OP_NOP)
         sd_sleep_ns(delay * 1000ull);
@@ -188,22 +221,28 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
     case SD_OP_FREE:
         sd_pool_free_done(op->u.free.block);
         return;
-    case SD_OP_COPY: {
-        /* The data lands at the end of the transfer time, as a reader racing it would see. */
-        unsigned long long rate = atomic_load(&copy_bytes_per_s);
-        if (rate)
-            sd_sleep_ns((uint64_t)((double)op->u.copy.n * 1e9 / (double)rate));
-    } /* fall through */
+    case SD_OP_WAIT_VALUE:
+    case SD_OP_WRITE_VALUE:
+        if (!sticky)
+            sd_memop_run(s, op);
+        return;
+    case SD_OP_COPY:
     case SD_OP_SET:
     case SD_OP_HOSTFN:
         if (sticky)
             return; /* a faulted context runs no more work */
+        if (op->kind == SD_OP_COPY) {
+            /* The data lands at the end of the transfer time, as a reader racing it would see. */
+            unsigned long long rate = atomic_load(&copy_bytes_per_s);
+            if (rate)
+                sd_sleep_ns((uint64_t)((double)op->u.copy.n * 1e9 / (double)rate));
+        }
         /* fall through */
     case SD_OP_CALLBACK: {
         struct exec_args a = {op, sticky};
         void *addr = NULL;
         if (!sd_guarded(exec_op, &a, &addr))
-            sd_fault_record(s->ctx, addr, op_name(op->kind), s->id);
+            sd_fault_record(s->ctx, addr, sd_op_name(op->kind), s->id);
         return;
     }
     default:
@@ -442,9 +481,9 @@ CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
     if (s->last)
         sd_op_unref(s->last);
     s->last = op;
-    op->refs++;
+    sd_op_ref(op); /* held as s->last */
     if (keep) {
-        op->refs++;
+        sd_op_ref(op);
         *keep = op;
     }
     pthread_cond_signal(&s->work);
@@ -481,7 +520,7 @@ static void wait_streams(bool (*match)(const struct sd_stream *, const void *), 
         for (struct sd_stream *s = streams; s && i < n; s = s->next)
             if (match(s, arg) && pending(s->last)) {
                 ops[i++] = s->last;
-                s->last->refs++;
+                sd_op_ref(s->last);
             }
         for (size_t j = 0; j < i; j++) {
             while (!ops[j]->done)
@@ -601,7 +640,7 @@ static CUresult stream_sync(CUstream handle, bool per_thread_default)
     pthread_mutex_lock(&sched);
     struct sd_op *last = pending(s->last) ? s->last : NULL;
     if (last)
-        last->refs++;
+        sd_op_ref(last);
     while (last && !last->done)
         pthread_cond_wait(&progress, &sched);
     if (last)
@@ -791,7 +830,9 @@ void simdev_shutdown(void)
     generation++;
     for (struct sd_stream *s = streams; s; s = s->next)
         retire(s);
+    atomic_store(&sd_abandon_waits, true); /* a word nobody will write must not hang the shutdown */
     while (live_workers > 0)
         pthread_cond_wait(&progress, &sched);
+    atomic_store(&sd_abandon_waits, false);
     pthread_mutex_unlock(&sched);
 }

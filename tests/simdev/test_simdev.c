@@ -4,11 +4,13 @@
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <criterion/redirect.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +76,21 @@ static CUdeviceptr reserve(size_t size)
     CUdeviceptr va;
     CK(cuMemAddressReserve(&va, size, 0, 0, 0));
     return va;
+}
+
+/* Whether [p, p + n) is still mapped at all (mincore fails with ENOMEM when not). */
+static bool mapped(CUdeviceptr p, size_t n)
+{
+    unsigned char vec[64];
+    return mincore((void *)p, n < 64 * 4096 ? n : 64 * 4096, vec) == 0;
+}
+
+static int open_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++)
+        n += fcntl(fd, F_GETFD) != -1;
+    return n;
 }
 
 static void sleep_ms_fn(void *ms)
@@ -170,6 +187,7 @@ Test(memory, classic_alloc_is_accounted_and_really_freed)
     cr_assert_eq(size, 3 * MiB);
     CK(cuMemFree_v2(p));
     cr_assert_eq(simdev_device_used(0), 0);
+    cr_assert_not(mapped(p, 3 * MiB), "freed memory must really be unmapped");
     CK_ERR(cuMemFree_v2(p), CUDA_ERROR_INVALID_VALUE);
     CK_ERR(cuMemGetAddressRange_v2(&base, &size, p), CUDA_ERROR_NOT_FOUND);
     CK_ERR(cuMemAlloc_v2(&p, 0), CUDA_ERROR_INVALID_VALUE);
@@ -258,7 +276,9 @@ Test(vmm, unmap_and_release_really_return_memory)
     init();
     const size_t size = 8 * GRAN;
     CUdeviceptr va = reserve(size);
+    int fds = open_fds();
     CUmemGenericAllocationHandle h = map_rw(va, size, CU_MEM_LOCATION_TYPE_DEVICE);
+    cr_assert_eq(open_fds(), fds + 1);
     cr_assert_eq(simdev_device_used(0), size);
     memset((void *)va, 0xab, size);
 
@@ -268,9 +288,10 @@ Test(vmm, unmap_and_release_really_return_memory)
     cr_assert_eq(((unsigned char *)va)[size - 1], 0xab);
     CK_ERR(cuMemRelease(h), CUDA_ERROR_INVALID_VALUE);
 
-    /* Unmapped and released: gone, and the range is inaccessible again. */
+    /* Unmapped and released: gone (the backing file is closed). */
     CK(cuMemUnmap(va, size));
     cr_assert_eq(simdev_device_used(0), 0);
+    cr_assert_eq(open_fds(), fds);
 
     /* Fresh memory at the same address reads as zeros, not as the old data. */
     h = map_rw(va, size, CU_MEM_LOCATION_TYPE_DEVICE);
@@ -396,6 +417,7 @@ Test(pool, retains_freed_memory_up_to_its_threshold_until_trimmed)
     CK_ERR(cuMemCreate(&h, 128 * MiB, &prop, 0), CUDA_ERROR_OUT_OF_MEMORY);
     CK(cuMemPoolTrimTo(pool, 0));
     cr_assert_eq(simdev_device_used(0), 0);
+    cr_assert_not(mapped(p, 192 * MiB), "trimmed memory must really be unmapped");
     CK(cuMemCreate(&h, 128 * MiB, &prop, 0));
     CK(cuMemRelease(h));
 
@@ -724,6 +746,49 @@ Test(legacy, per_thread_default_streams_are_distinct)
     cr_assert_eq(a[3], 4);
 }
 
+Test(stream, wait_value_holds_a_stream_until_the_word_is_written)
+{
+    init();
+    CUstream s, other;
+    uint32_t *word, *data;
+    CUdeviceptr dword;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&other, CU_STREAM_NON_BLOCKING));
+    CK(cuMemHostAlloc((void **)&word, 64, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP));
+    CK(cuMemHostGetDevicePointer_v2(&dword, word, 0));
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    *word = 0;
+    CK(cuStreamWaitValue32_v2(s, dword, 2, CU_STREAM_WAIT_VALUE_GEQ));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 5, 4, s));
+    usleep(30000);
+    CK_ERR(cuStreamQuery(s), CUDA_ERROR_NOT_READY);
+    cr_assert_eq(data[0], 0);
+    *word = 1;
+    usleep(30000);
+    CK_ERR(cuStreamQuery(s), CUDA_ERROR_NOT_READY);
+    /* Another stream opens the gate in its own order. */
+    CK(cuStreamWriteValue32_v2(other, dword, 2, 0));
+    CK(cuStreamSynchronize(s));
+    cr_assert_eq(data[3], 5);
+
+    uint64_t *wide = (uint64_t *)(word + 2);
+    *wide = 0;
+    CK(cuStreamWaitValue64_v2(s, (CUdeviceptr)wide, 0x100000000ull, CU_STREAM_WAIT_VALUE_AND));
+    CK(cuStreamWriteValue64_v2(other, (CUdeviceptr)wide, 0x100000000ull, 0));
+    CK(cuStreamSynchronize(s));
+    CK(cuStreamWaitValue32_v2(s, dword, 7, CU_STREAM_WAIT_VALUE_EQ));
+    CK(cuStreamWriteValue32_v2(other, dword, 7, 0));
+    CK(cuStreamSynchronize(s));
+    CK(cuStreamWaitValue32_v2(s, dword, 0xfffffff0u, CU_STREAM_WAIT_VALUE_NOR)); /* ~(7 | v) != 0 */
+    CK(cuStreamSynchronize(s));
+    CK_ERR(cuStreamWaitValue32_v2(s, dword + 1, 1, 0), CUDA_ERROR_INVALID_VALUE); /* misaligned */
+
+    /* A word nobody writes does not keep simdev_shutdown waiting. */
+    CK(cuStreamWaitValue32_v2(s, dword, 100, CU_STREAM_WAIT_VALUE_EQ));
+    simdev_shutdown();
+}
+
 /* ---- slowness knobs ---- */
 
 Test(knobs, copy_rate_delays_copies)
@@ -811,11 +876,15 @@ Test(fault, a_host_function_fault_is_caught_too, .init = cr_redirect_stderr)
     cr_assert_eq(simdev_faulted(), 1);
 }
 
-Test(fault, faults_outside_workers_still_kill, .signal = SIGSEGV)
-{
+/* AddressSanitizer handles that fault itself (and exits rather than dying of it). */
 #ifdef __SANITIZE_ADDRESS__
-    cr_skip_test("AddressSanitizer reports the fault itself");
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
 #endif
+
+Test(fault, faults_outside_workers_still_kill, .signal = SIGSEGV, .disabled = UNDER_ASAN)
+{
     init();
     CUdeviceptr va = reserve(GRAN);
     int count = 0;
@@ -871,6 +940,10 @@ Test(procaddr, resolves_base_names_by_version_and_stream_flavour)
 
     CK(cuGetProcAddress("cuStreamSynchronize", &fn, 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
     cr_assert_eq(fn, (void *)&cuStreamSynchronize_ptsz);
+    CK(cuGetProcAddress_v2("cuStreamWaitValue32", &fn, 12000, 0, &st));
+    cr_assert_eq(fn, (void *)&cuStreamWaitValue32_v2);
+    CK(cuGetProcAddress_v2("cuStreamWaitValue32", &fn, 11000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &st));
+    cr_assert_eq(fn, (void *)&cuStreamWaitValue32_ptsz);
 }
 
 Test(procaddr, resolved_functions_work)

@@ -9,7 +9,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "simdev_internal.h"
 
 #define HOST_SLOT SD_MAX_DEVICES /* access[] index of host access */
 

@@ -91,6 +91,7 @@ Test(offload, host_backed_data_stays_writable, .init = auto_keep1, .timeout = 30
    * the restore. */
   ut_fill(p, REQ, 8);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p), CKPT_DEVICE);
   ut_assert_intact(p, REQ, 8);
   ut_free(p);
@@ -105,14 +106,17 @@ Test(offload, restore_brings_data_back, .init = auto_keep1, .timeout = 30) {
   cr_assert_eq(simdev_device_used(0), baseline);
 
   cr_assert_eq(ckpt_restore(a), 0);
+
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   int region = 0, res = 0;
   cr_assert_eq(ckpt_query((uintptr_t)p, &region, &res), 0);
-  cr_assert_eq(res, CKPT_DEVICE, "ckpt_restore completes the swap before returning");
+  cr_assert_eq(res, CKPT_DEVICE, "after ckpt_wait the swap is done");
   cr_assert_eq(region, a);
   cr_assert_eq(simdev_device_used(0), baseline + MAPPED);
   ut_assert_intact(p, REQ, 2);
   /* Restoring what is on the device already is a no-op. */
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p), CKPT_DEVICE);
   ut_assert_intact(p, REQ, 2);
   cr_assert_not(simdev_faulted());
@@ -126,6 +130,7 @@ Test(offload, restore_ptr_with_interior_pointer, .init = auto_keep1, .timeout = 
   cr_assert_eq(ckpt_wait(a), 0);
   cr_assert_eq(ut_residency(p), CKPT_HOST);
   cr_assert_eq(ckpt_restore_ptr((uintptr_t)p + 12345), 0);
+  cr_assert_eq(ckpt_wait(a), 0);
   cr_assert_eq(ut_residency(p), CKPT_DEVICE);
   ut_assert_intact(p, REQ, 3);
   /* Untagged pointers, and one past the requested size, are not found. */
@@ -169,6 +174,7 @@ Test(offload, restore_prefetches_the_previous_region, .init = auto_keep1, .timeo
 
   /* Backward: restoring region k prefetches k-1 (CKPT_PREFETCH=1). */
   cr_assert_eq(ckpt_restore(r1), 0);
+  cr_assert_eq(ckpt_wait(r1), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p1), CKPT_DEVICE);
   cr_assert_eq(ckpt_wait(r0), 0);
   cr_assert_eq(ut_residency(p0), CKPT_DEVICE);
@@ -192,6 +198,7 @@ Test(offload, no_prefetch_of_previous_with_prefetch_0, .init = auto_keep1_nopref
   cr_assert_eq(ckpt_wait(r0), 0);
   cr_assert_eq(ckpt_wait(r1), 0);
   cr_assert_eq(ckpt_restore(r1), 0);
+  cr_assert_eq(ckpt_wait(r1), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p1), CKPT_DEVICE);
   cr_assert_eq(ckpt_wait(r0), 0);
   cr_assert_eq(ut_residency(p0), CKPT_HOST, "CKPT_PREFETCH=0: only the region asked for");
@@ -222,6 +229,7 @@ Test(offload, nested_survivors_go_with_their_top_region, .init = auto_keep1, .ti
   cr_assert_eq(r, inner, "still tagged with its own region");
   /* Restoring through the nested id restores the whole tree. */
   cr_assert_eq(ckpt_restore(inner), 0);
+  cr_assert_eq(ckpt_wait(inner), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(outer), CKPT_DEVICE);
   cr_assert_eq(ut_residency(in), CKPT_DEVICE);
   ut_assert_intact(outer, REQ, 30);
@@ -251,6 +259,7 @@ Test(offload, manual_keeps_data_until_asked, .init = manual, .timeout = 30) {
   cr_assert_eq(ut_residency(p), CKPT_HOST);
   cr_assert_eq(ut_stats().offloads, 1);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p), CKPT_DEVICE);
   ut_assert_intact(p, REQ, 5);
   ut_free(p);
@@ -313,6 +322,8 @@ Test(offload, stats_move_as_documented, .init = manual, .timeout = 30) {
   cr_assert_eq(s2.device_bytes_released_peak, 2 * MAPPED);
 
   cr_assert_eq(ckpt_restore(a), 0);
+
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   struct ckpt_stats s3 = ut_stats();
   cr_assert_eq(s3.restores, 1);
   cr_assert_eq(s3.restored_bytes_total, REQ);
@@ -323,6 +334,8 @@ Test(offload, stats_move_as_documented, .init = manual, .timeout = 30) {
   cr_assert_eq(s3.offloads, 2);
 
   cr_assert_eq(ckpt_restore(id), 0);
+
+  cr_assert_eq(ckpt_wait(id), 0); /* the host waits; the program's streams wait at a gate */
   struct ckpt_stats s4 = ut_stats();
   cr_assert_eq(s4.restores, 2);
   cr_assert_eq(s4.restored_bytes_total, 2 * REQ);
@@ -367,6 +380,7 @@ Test(offload, freed_while_host_backed_returns_host_memory, .init = manual, .time
   cr_assert_eq(simdev_device_used(0), baseline);
   /* The region has nothing left: it is done once the cycle ends. */
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ckpt_step(), 0);
   cr_assert_eq(ckpt_wait(a), CKPT_ENOENT);
 
@@ -409,7 +423,9 @@ Test(offload, step_then_new_forward_pass, .init = auto_keep1, .timeout = 30) {
     cr_assert_eq(ut_residency(p0), CKPT_HOST, "iteration %d", iter);
     cr_assert_eq(ut_residency(p1), CKPT_DEVICE, "iteration %d", iter);
     cr_assert_eq(ckpt_restore(r1), 0);
+    cr_assert_eq(ckpt_wait(r1), 0); /* the host waits; the program's streams wait at a gate */
     cr_assert_eq(ckpt_restore(r0), 0);
+    cr_assert_eq(ckpt_wait(r0), 0); /* the host waits; the program's streams wait at a gate */
     cr_assert_eq(ut_residency(p0), CKPT_DEVICE);
     ut_assert_intact(p0, REQ, 100 + (uint64_t)iter);
     ut_assert_intact(p1, REQ, 200 + (uint64_t)iter);
@@ -447,6 +463,7 @@ Test(offload, keep_last_0_offloads_at_close, .init = auto_keep0, .timeout = 30) 
   cr_assert_eq(ut_residency(p), CKPT_HOST, "CKPT_KEEP_LAST=0: offloaded as soon as it closes");
   ut_assert_intact(p, REQ, 40);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   ut_assert_intact(p, REQ, 40);
   ut_free(p);
 }
@@ -476,6 +493,7 @@ Test(offload, several_survivors_of_several_sizes, .init = manual_mixed, .timeout
   cr_assert_eq(s.host_bytes_in_use, mapped);
   cr_assert_eq(s.device_bytes_released, mapped);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   for (int i = 0; i < N; i++) {
     cr_assert_eq(ut_residency(p[i]), CKPT_DEVICE, "#%d", i);
     ut_assert_intact(p[i], sizes[i], 50 + (uint64_t)i);
@@ -505,6 +523,7 @@ Test(offload, offload_waits_for_a_slow_producer, .init = manual, .timeout = 30) 
   for (size_t i = 0; i < REQ / 4; i += 997) cr_assert_eq(w[i], 0x5a5a5a5au, "word %zu copied before the producer wrote it", i);
   cr_assert_eq(w[REQ / 4 - 1], 0x5a5a5a5au);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(w[0], 0x5a5a5a5au);
   cr_assert_eq(w[REQ / 4 - 1], 0x5a5a5a5au);
   cr_assert_not(simdev_faulted());
@@ -583,6 +602,7 @@ Test(offload, restore_cancels_an_offload_in_flight, .init = manual, .timeout = 3
   cr_assert_eq(ckpt_offload(a), 0);
   cr_assert_eq(ut_residency(p), CKPT_OFFLOADING);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   simdev_set_copy_gbps(0);
   cr_assert_eq(ut_residency(p), CKPT_DEVICE, "restore returns with the data on the device");
   ut_assert_intact(p, REQ, 63);
@@ -621,6 +641,7 @@ Test(offload, host_pool_cap_keeps_the_rest_on_device, .init = manual_small_host_
   ut_assert_intact(p, REQ, 70);
   ut_assert_intact(q, REQ, 71);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p), CKPT_DEVICE);
   cr_assert_eq(ut_residency(q), CKPT_DEVICE);
   ut_free(p);
@@ -642,6 +663,7 @@ Test(offload, restore_without_device_memory_stays_host_backed, .init = manual, .
   cr_assert_geq(ut_stats().restore_oom, 1);
   simdev_set_device_capacity(0, (size_t)16 << 30);
   cr_assert_eq(ckpt_restore(a), 0);
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p), CKPT_DEVICE, "retried at the next restore");
   ut_assert_intact(p, REQ, 80);
   ut_free(p);
@@ -680,7 +702,9 @@ Test(offload, restore_then_new_forward_pass_resets_the_cycle, .init = auto_keep1
   cr_assert_eq(ckpt_wait(r0), 0);
   cr_assert_eq(ut_residency(p0), CKPT_HOST);
   cr_assert_eq(ckpt_restore(r1), 0);
+  cr_assert_eq(ckpt_wait(r1), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ckpt_restore(r0), 0);
+  cr_assert_eq(ckpt_wait(r0), 0); /* the host waits; the program's streams wait at a gate */
   /* New forward pass; the old survivors are still alive (not freed). */
   empty_region("layer0");
   empty_region("layer1");
@@ -748,6 +772,8 @@ Test(offload, survivors_on_two_devices, .init = two_devices, .timeout = 30) {
   ut_assert_intact(p1, REQ, 131);
 
   cr_assert_eq(ckpt_restore(a), 0);
+
+  cr_assert_eq(ckpt_wait(a), 0); /* the host waits; the program's streams wait at a gate */
   cr_assert_eq(ut_residency(p0), CKPT_DEVICE);
   cr_assert_eq(ut_residency(p1), CKPT_DEVICE);
   cr_assert_eq(simdev_device_used(0), baseline + MAPPED, "restored onto its own device");
@@ -809,10 +835,15 @@ Test(offload, swap_waits_for_a_named_consumer_stream, .init = manual, .timeout =
   cr_assert_eq(ckpt_query((uintptr_t)dst, NULL, NULL), CKPT_ENOENT);
   cr_assert_eq(simdev_stream_set_delay_us(c, 150000), 0);
   cr_assert_eq(cuMemcpyDtoDAsync_v2(dst, p, REQ, c), CUDA_SUCCESS); /* the consumer reads p */
+  CUevent read_done;
+  cr_assert_eq(cuEventCreate(&read_done, 0), CUDA_SUCCESS);
+  cr_assert_eq(cuEventRecord(read_done, c), CUDA_SUCCESS);
   cr_assert_eq(ckpt_offload(a), 0);
   cr_assert_eq(ckpt_wait(a), 0);
   cr_assert_eq(ut_residency(p), CKPT_HOST);
-  cr_assert_eq(cuStreamQuery(c), CUDA_SUCCESS, "offloaded before the consumer's read finished");
+  /* (The stream itself may still be busy: its gate's wait op is delayed too.) */
+  cr_assert_eq(cuEventQuery(read_done), CUDA_SUCCESS, "offloaded before the consumer's read finished");
+  cr_assert_eq(cuEventDestroy_v2(read_done), CUDA_SUCCESS);
   cr_assert_not(simdev_faulted());
   ut_assert_intact(dst, REQ, 140);
   ut_assert_intact(p, REQ, 140);

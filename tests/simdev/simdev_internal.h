@@ -27,7 +27,7 @@ struct sd_config {
     size_t granularity;
     unsigned stream_delay_us;
     double copy_gbps;
-    int debug;
+    int debug; /* 1: decisions, 2: also every stream operation as it runs */
 };
 extern struct sd_config sd_cfg;
 extern size_t sd_page;
@@ -38,7 +38,6 @@ void sd_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t sd_now_ns(void);
 void sd_sleep_ns(uint64_t ns);
 size_t sd_round_up(size_t n, size_t align); /* align: a power of two */
-bool sd_parse_size(const char *s, size_t *out);
 
 /* ---- entry points: counting and fault injection (calls.c, procaddr.c) ---- */
 
@@ -103,7 +102,6 @@ struct sd_ctx {
     struct sd_ctx *next;      /* all contexts ever created */
 };
 
-extern atomic_bool sd_cu_initialized; /* cuInit was called */
 bool sd_dev_valid(CUdevice dev);
 struct sd_ctx *sd_ctx_current(void); /* device 0's primary context when none is current */
 bool sd_ctx_valid(struct sd_ctx *ctx);
@@ -145,7 +143,6 @@ struct sd_region {
 };
 
 extern struct sd_rmap sd_regions; /* under sd_mem_lock */
-void *sd_map_anon(size_t len);    /* read-write, MAP_NORESERVE; NULL on failure */
 /* Accounts, maps (read-write) and registers size bytes rounded up to pages;
  * both under sd_mem_lock. */
 CUresult sd_region_create(enum sd_region_kind kind, size_t size, int loc, struct sd_region **out);
@@ -170,6 +167,8 @@ enum sd_op_kind {
     SD_OP_CALLBACK, /* cuStreamAddCallback */
     SD_OP_RECORD,   /* an event record: the op is the event's completion mark */
     SD_OP_FREE,     /* cuMemFreeAsync reaching its stream position */
+    SD_OP_WAIT_VALUE,  /* cuStreamWaitValue32/64: blocks the stream on a memory word */
+    SD_OP_WRITE_VALUE, /* cuStreamWriteValue32/64 */
 };
 
 struct sd_op {
@@ -186,6 +185,7 @@ struct sd_op {
         struct { CUhostFn fn; void *data; } hostfn;
         struct { CUstreamCallback fn; CUstream handle; void *data; } callback;
         struct { struct sd_region *block; } free;
+        struct { void *addr; uint64_t value; unsigned width; unsigned flags; } value;
     } u;
 };
 
@@ -226,10 +226,17 @@ CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep);
 /* Submits and waits: a synchronous call's work on the given stream. */
 CUresult sd_submit_wait(struct sd_stream *s, struct sd_op *op);
 
+const char *sd_op_name(enum sd_op_kind kind);
 CUresult sd_ctx_sync(struct sd_ctx *ctx);
 void sd_ctx_retire_streams(struct sd_ctx *ctx); /* a destroyed context's streams finish and go */
 void sd_device_sync(int dev); /* what cuMemFree's implicit synchronization waits for */
 CUresult sd_sticky(struct sd_ctx *ctx);
+
+/* ---- stream memory operations (memop.c) ---- */
+
+/* Runs a WAIT_VALUE or WRITE_VALUE op on its worker. */
+void sd_memop_run(struct sd_stream *s, struct sd_op *op);
+extern atomic_bool sd_abandon_waits; /* simdev_shutdown: waits on memory give up */
 
 /* ---- faults (fault.c) ---- */
 

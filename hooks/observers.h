@@ -1,0 +1,45 @@
+/* Between observe.c (name table, observer thread, start/stop) and the
+ * observers it starts: the trace, the stats segment, call sites, profiling.
+ * observe.h is what the core sees; this is what the observers see of each other. */
+#ifndef CKPT_OBSERVERS_H
+#define CKPT_OBSERVERS_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "observe.h"
+#include "stats_segment.h"
+
+/* observe.c */
+int ckpt_name_table(const struct ckpt_name_stats **names); /* lock held; the count */
+void ckpt_observer_wake(void); /* the observer thread runs soon (flush, symbolise) */
+
+/* trace.c */
+bool ckpt_trace_open(const char *path);
+bool ckpt_trace_enabled(void);
+/* A record followed by `text` (NUL-padded) in as many records as it takes. */
+void ckpt_trace_text(int kind, int id, uint64_t bytes, uint64_t value, const char *text);
+void ckpt_trace_flush(void); /* observer thread, exit */
+void ckpt_trace_close(void);
+void ckpt_trace_forked(void);
+
+/* shm.c */
+bool ckpt_shm_create(const char *mode, uint32_t stacks, uint32_t flags);
+void ckpt_shm_remove(void); /* lock held */
+void ckpt_shm_forked(void);
+
+/* callsite.c */
+uint32_t ckpt_callsite_init(bool wanted); /* CKPT_SEG_STACKS_* */
+/* Top call sites by offloaded bytes into out[0..max) (lock held); the count.
+ * Frames not symbolised yet are left empty and queued for the observer. */
+int ckpt_callsite_top(struct ckpt_seg_site *out, int max);
+int ckpt_callsite_symbolize(void); /* observer thread: sites symbolised now */
+void ckpt_callsite_report_trace(void); /* exit: the top sites into the trace */
+void ckpt_callsite_forked(void);
+/* "object!symbol+0xoff" for a return address (dladdr: not on the hot path). */
+void ckpt_symbolize_pc(uintptr_t pc, char *out, size_t cap);
+
+/* profile.c */
+void ckpt_profile_init(bool profile, bool sync);
+void ckpt_profile_forked(void);
+
+#endif

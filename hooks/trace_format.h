@@ -1,0 +1,41 @@
+/* The CKPT_TRACE file: a header, then fixed-size records in time order of
+ * their appending. Read by scripts/ckpt/stats_trace.py and the unit tests.
+ * Bump CKPT_TRACE_VERSION when a field moves. */
+#ifndef CKPT_TRACE_FORMAT_H
+#define CKPT_TRACE_FORMAT_H
+#include <stdint.h>
+
+#define CKPT_TRACE_MAGIC "CKPTTRCE" /* 8 bytes, no NUL */
+#define CKPT_TRACE_VERSION 1
+
+struct ckpt_trace_header {
+  char magic[8];
+  uint32_t version;
+  uint32_t header_size; /* sizeof(struct ckpt_trace_header) */
+  uint32_t record_size; /* sizeof(struct ckpt_trace_rec) */
+  int32_t pid;
+  uint64_t start_mono_ns;     /* CLOCK_MONOTONIC when the trace began */
+  uint64_t start_realtime_ns; /* the same instant in wall-clock time */
+};
+
+struct ckpt_trace_rec {
+  uint64_t t_ns;   /* CLOCK_MONOTONIC */
+  uint16_t kind;   /* enum ckpt_trace_kind (observe.h) or the kinds below */
+  uint16_t text;   /* records that follow holding text (NUL-padded), not events */
+  int32_t region;
+  uint64_t bytes;
+  uint64_t stream;
+  uint64_t value;
+};
+
+/* Kinds the observers write themselves (the core's are 1..31). */
+enum {
+  CKPT_T_NAME = 32,    /* region = name id; text = the region name */
+  CKPT_T_SITE = 33,    /* region = site id, bytes = offloaded, value = allocations; text = frames, '\n'-separated */
+  CKPT_T_FWD = 34,     /* CKPT_PROFILE: region, value = forward device ns */
+  CKPT_T_BWD = 35,     /* CKPT_PROFILE: region, value = backward device ns */
+  CKPT_T_DROPPED = 36, /* value = records lost to a full buffer before this one */
+};
+/* CKPT_T_REGION_OPEN: value = name id (0: none); its CKPT_T_NAME comes first. */
+
+#endif

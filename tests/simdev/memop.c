@@ -1,0 +1,114 @@
+/* Stream memory operations: cuStreamWaitValue32/64 blocks a stream until a
+ * word in memory satisfies a condition (libckpt holds streams still with it
+ * while it swaps a VA); cuStreamWriteValue32/64 writes one in stream order.
+ * The worker polls the word, backing off up to a millisecond. */
+#include "simdev_internal.h"
+
+atomic_bool sd_abandon_waits;
+
+struct word_access {
+    struct sd_op *op;
+    uint64_t seen;
+};
+
+static void load_word(void *arg)
+{
+    struct word_access *a = arg;
+    if (a->op->u.value.width == 4)
+        a->seen = __atomic_load_n((uint32_t *)a->op->u.value.addr, __ATOMIC_ACQUIRE);
+    else
+        a->seen = __atomic_load_n((uint64_t *)a->op->u.value.addr, __ATOMIC_ACQUIRE);
+}
+
+static void store_word(void *arg)
+{
+    struct word_access *a = arg;
+    if (a->op->u.value.width == 4)
+        __atomic_store_n((uint32_t *)a->op->u.value.addr, (uint32_t)a->op->u.value.value, __ATOMIC_RELEASE);
+    else
+        __atomic_store_n((uint64_t *)a->op->u.value.addr, a->op->u.value.value, __ATOMIC_RELEASE);
+}
+
+static bool condition_met(const struct sd_op *op, uint64_t seen)
+{
+    uint64_t value = op->u.value.value;
+    bool narrow = op->u.value.width == 4;
+    uint64_t mask = narrow ? 0xffffffffull : ~0ull;
+    switch (op->u.value.flags & ~(unsigned)CU_STREAM_WAIT_VALUE_FLUSH) {
+    case CU_STREAM_WAIT_VALUE_GEQ: /* wrap-around aware, as documented */
+        return narrow ? (int32_t)((uint32_t)seen - (uint32_t)value) >= 0 : (int64_t)(seen - value) >= 0;
+    case CU_STREAM_WAIT_VALUE_EQ:
+        return ((seen ^ value) & mask) == 0;
+    case CU_STREAM_WAIT_VALUE_AND:
+        return (seen & value & mask) != 0;
+    default: /* CU_STREAM_WAIT_VALUE_NOR */
+        return (~(seen | value) & mask) != 0;
+    }
+}
+
+void sd_memop_run(struct sd_stream *s, struct sd_op *op)
+{
+    struct word_access a = {op, 0};
+    void *addr = NULL;
+    if (op->kind == SD_OP_WRITE_VALUE) {
+        if (!sd_guarded(store_word, &a, &addr))
+            sd_fault_record(s->ctx, addr, sd_op_name(op->kind), s->id);
+        return;
+    }
+    for (unsigned i = 0;; i++) {
+        if (!sd_guarded(load_word, &a, &addr)) {
+            sd_fault_record(s->ctx, addr, sd_op_name(op->kind), s->id);
+            return;
+        }
+        if (condition_met(op, a.seen) || atomic_load(&sd_abandon_waits) || atomic_load(&s->ctx->sticky))
+            return;
+        sd_sleep_ns(1000ull * (i < 7 ? 10u << i : 1000u));
+    }
+}
+
+static CUresult enqueue(CUstream stream, bool per_thread_default, enum sd_op_kind kind, CUdeviceptr addr,
+                        uint64_t value, unsigned width, unsigned flags)
+{
+    unsigned known = kind == SD_OP_WAIT_VALUE ? (unsigned)CU_STREAM_WAIT_VALUE_FLUSH | 3u
+                                              : (unsigned)CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER;
+    if (!addr || addr % width || (flags & ~known))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sd_stream *s;
+    CUresult rc = sd_stream_get(stream, per_thread_default, &s);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_sticky(s->ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    struct sd_op *op = sd_op_new(kind);
+    if (!op)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    op->u.value.addr = (void *)(uintptr_t)addr;
+    op->u.value.value = value;
+    op->u.value.width = width;
+    op->u.value.flags = flags;
+    return sd_submit(s, op, NULL);
+}
+
+#define MEMOP(fn, per_thread, kind, T, width)                                          \
+    CUresult fn(CUstream stream, CUdeviceptr addr, T value, unsigned int flags)        \
+    {                                                                                  \
+        SD_ENTER(fn);                                                                  \
+        return enqueue(stream, per_thread, kind, addr, value, width, flags);           \
+    }
+
+MEMOP(cuStreamWaitValue32, false, SD_OP_WAIT_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWaitValue32_ptsz, true, SD_OP_WAIT_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWaitValue32_v2, false, SD_OP_WAIT_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWaitValue32_v2_ptsz, true, SD_OP_WAIT_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWaitValue64, false, SD_OP_WAIT_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWaitValue64_ptsz, true, SD_OP_WAIT_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWaitValue64_v2, false, SD_OP_WAIT_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWaitValue64_v2_ptsz, true, SD_OP_WAIT_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWriteValue32, false, SD_OP_WRITE_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWriteValue32_ptsz, true, SD_OP_WRITE_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWriteValue32_v2, false, SD_OP_WRITE_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWriteValue32_v2_ptsz, true, SD_OP_WRITE_VALUE, cuuint32_t, 4)
+MEMOP(cuStreamWriteValue64, false, SD_OP_WRITE_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWriteValue64_ptsz, true, SD_OP_WRITE_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWriteValue64_v2, false, SD_OP_WRITE_VALUE, cuuint64_t, 8)
+MEMOP(cuStreamWriteValue64_v2_ptsz, true, SD_OP_WRITE_VALUE, cuuint64_t, 8)
