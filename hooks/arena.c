@@ -53,6 +53,20 @@ static void live_remove(struct talloc *t) {
   nlive--;
 }
 
+/* The driver ran out of memory for an allocation libckpt passed through:
+ * give back what the mapping cache holds so that the retry can succeed. */
+bool ckpt_release_for_oom(void) {
+  if (!ckpt_g.tagging || ckpt_in_lib) return false;
+  IN_LIB_BEGIN();
+  LOCK();
+  ckpt_reap();
+  size_t n = ckpt_cache_trim((size_t)-1);
+  UNLOCK();
+  IN_LIB_END();
+  if (n) CKPT_INFO("driver out of memory: released %zu cached bytes and retried", n);
+  return n > 0;
+}
+
 bool ckpt_maybe_ours(CUdeviceptr p) {
   return p >= __atomic_load_n(&va_lo, __ATOMIC_RELAXED) && p < __atomic_load_n(&va_hi, __ATOMIC_RELAXED);
 }
@@ -185,11 +199,14 @@ size_t ckpt_cache_trim(size_t want) {
 /* The program's free has taken effect (its stream is past it). */
 void ckpt_talloc_finish_free(struct talloc *t) {
   t->freed = false;
-  if (t->state == CKPT_DEVICE && t->dev) {
+  /* A survivor that was offloaded gets no cache entry: keeping its restored
+   * memory would hold on the device, through the next forward pass, exactly
+   * what offloading freed. Temporaries are cached and reused every step. */
+  if (t->state == CKPT_DEVICE && t->dev && !t->moved) {
     cache_put(t);
     return;
   }
-  /* Host-backed: nothing on the device to keep. */
+  /* Host-backed (t->dev is 0): unmap the host block here, the pool keeps it. */
   if (t->host) {
     CUresult r = DRV(cuMemUnmap, t->va, t->size);
     if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
@@ -198,8 +215,7 @@ void ckpt_talloc_finish_free(struct talloc *t) {
     ckpt_host_put(t->host);
     t->host = NULL;
   }
-  t->dev = 0;
-  talloc_destroy(t);
+  talloc_destroy(t); /* unmaps and releases device memory still held */
 }
 
 void ckpt_reap(void) {
@@ -277,7 +293,7 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
     if (t) {
       t->req = bytes;
       t->state = CKPT_DEVICE;
-      t->freed = t->cancel = t->keep = false;
+      t->freed = t->cancel = t->keep = t->moved = false;
       t->stream = stream;
       t->site = ckpt_callsite_capture();
       if (r->ns) {

@@ -22,6 +22,9 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc);
 /* true when dptr was a tagged allocation (freed in stream order). `sync`:
  * cuMemFree semantics (the device is synchronised first). */
 bool ckpt_free(CUdeviceptr dptr, CUstream stream, bool sync, CUresult *rc);
+/* After the driver's out-of-memory on a pass-through allocation: trims the
+ * mapping cache; true when something was released (worth a retry). */
+bool ckpt_release_for_oom(void);
 /* Cheap test, no lock: could dptr be one of ours at all? */
 bool ckpt_maybe_ours(CUdeviceptr dptr);
 

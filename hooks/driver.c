@@ -2,6 +2,7 @@
 #include "driver.h"
 #include "check.h"
 #include "log.h"
+#include "observe.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -59,4 +60,5 @@ const char *ckpt_cu_name(CUresult r) {
 void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line) {
   ckpt_note_driver_error();
   CKPT_WARN("%s:%d %s failed: %s (%d)", file, line, call, ckpt_cu_name(r), (int)r);
+  ckpt_crash_context(call, (int)r);
 }

@@ -39,6 +39,7 @@ struct talloc {
   bool cancel;      /* offload cancelled by a restore before the swap */
   bool freed;       /* the program freed it */
   bool keep;        /* outlived a whole cycle: persistent, never offloaded again */
+  bool moved;       /* was host-backed in this life: its memory is not cached on free */
   struct region *region;
   uint32_t site;    /* call site (CKPT_STACKS), 0 if none */
   CUstream stream;  /* allocation stream */
@@ -139,7 +140,7 @@ struct ckpt_gate {
   int n;
   unsigned slot;
   uint32_t seq;
-  CUevent reached[CKPT_MAX_STREAMS];
+  volatile uint32_t *reached[CKPT_MAX_STREAMS]; /* each stream writes seq here on arrival */
 };
 /* Lock held, the device's context current. false: no gate (unavailable). */
 bool ckpt_gate_close(int device, struct ckpt_gate *g);

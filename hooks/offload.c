@@ -67,9 +67,11 @@ static void job_done(struct job *j) {
   free(j);
 }
 
-/* Whether applying the job would swap anything (cancelled or freed items
- * are only rolled back: no gate needed for them). */
+/* Whether applying the job would swap anything (offloads of cancelled or
+ * freed items are only rolled back: no gate needed for them; restores swap
+ * every item, see to_device). Must agree with to_host/to_device. */
 static bool job_swaps(const struct job *j) {
+  if (j->kind == JOB_TO_DEVICE) return j->n > 0;
   for (int i = 0; i < j->n; i++)
     if (!j->items[i]->cancel && !j->items[i]->freed) return true;
   return false;
@@ -358,6 +360,7 @@ static void to_host(struct talloc *t, CUresult copy_rc) {
       DRV(cuMemRelease, t->dev);
       t->dev = 0;
       t->state = CKPT_HOST;
+      t->moved = true;
       ckpt_g.stats.offloads++;
       ckpt_g.stats.offloaded_bytes_total += t->req;
       if (t->region && t->region->ns) {

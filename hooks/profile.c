@@ -103,11 +103,12 @@ static void mark_put(struct mark *m) {
   m->ev = NULL;
 }
 
-/* Resolves the intervals the device has passed; adds them to the names'
- * counters under the core lock. profile_mu held on entry, released on exit. */
+/* Resolves the intervals the device has passed into the names' counters.
+ * profile_mu held on entry, released on exit; the core lock is taken inside
+ * it (never the other way round: the core does not call in here locked). */
 static void resolve_and_unlock(void) {
-  struct interval done[MAX_PENDING];
-  uint64_t ns[MAX_PENDING];
+  static struct interval done[MAX_PENDING];
+  static uint64_t ns[MAX_PENDING];
   int ndone = 0, k = 0;
   for (int i = 0; i < npending; i++) {
     struct interval *p = &pending[i];
@@ -125,16 +126,17 @@ static void resolve_and_unlock(void) {
     mark_put(&p->b);
   }
   npending = k;
-  pthread_mutex_unlock(&profile_mu);
-  if (!ndone) return;
-  LOCK();
-  for (int i = 0; i < ndone; i++) {
-    struct ckpt_name_stats *s = ckpt_name_stats(done[i].name);
-    if (s && done[i].kind == CKPT_T_FWD) s->fwd_seconds += (double)ns[i] * 1e-9;
-    else if (s) s->bwd_seconds += (double)ns[i] * 1e-9;
+  if (ndone) {
+    LOCK();
+    for (int i = 0; i < ndone; i++) {
+      struct ckpt_name_stats *s = ckpt_name_stats(done[i].name);
+      if (s && done[i].kind == CKPT_T_FWD) s->fwd_seconds += (double)ns[i] * 1e-9;
+      else if (s) s->bwd_seconds += (double)ns[i] * 1e-9;
+    }
+    UNLOCK();
+    for (int i = 0; i < ndone; i++) ckpt_trace(done[i].kind, done[i].region, NULL, 0, 0, ns[i]);
   }
-  UNLOCK();
-  for (int i = 0; i < ndone; i++) ckpt_trace(done[i].kind, done[i].region, NULL, 0, 0, ns[i]);
+  pthread_mutex_unlock(&profile_mu);
 }
 
 static void add_pending(int kind, int region, const char *name, struct mark *a, struct mark *b) {

@@ -124,7 +124,10 @@ CKPT_API int ckpt_region_begin(const char *name) {
   LOCK();
   /* Backward has restored something and a new top-level region opens: this
    * is the next forward pass. */
-  if (!ckpt_g.open && ckpt_g.cycle_restored) ckpt_cycle_reset();
+  if (!ckpt_g.open && ckpt_g.cycle_restored) {
+    ckpt_cycle_reset();
+    ckpt_trace(CKPT_T_STEP, 0, NULL, 0, 0, 0);
+  }
   r->id = ++ckpt_g.next_region_id;
   r->state = R_OPEN;
   r->parent = ckpt_g.open;

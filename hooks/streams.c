@@ -5,25 +5,37 @@
  *   (producers' writes and consumers' reads);
  * - gates hold them still while a survivor's VA is swapped between device and
  *   host memory: unmap+map is not atomic, and a kernel touching the VA in
- *   between would fault the context. A gate is a wait on a host word
- *   (cuStreamWaitValue32) preceded by an event: once every event has
- *   completed, nothing enqueued before the gate runs, nothing after it can
- *   start until the word is written. */
+ *   between would fault the context. A gate is one cuStreamBatchMemOp per
+ *   stream: write "arrived" to a pinned word, then wait for the gate word.
+ *   Both in ONE stream operation, so no kernel the program launches from
+ *   another thread meanwhile can fall between them: once every stream has
+ *   arrived, nothing enqueued before the gate is running and nothing after it
+ *   can start until the engine writes the gate word. */
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
 #include "internal.h"
 
 static struct {
   CUstream s;
   int device;
+  bool blocking; /* synchronises with the legacy stream (not CU_STREAM_NON_BLOCKING) */
   CUevent fence;
 } streams[CKPT_MAX_STREAMS];
 static int nstreams;
 static unsigned evict;
 
-/* Gate words: one pinned page, a slot per open gate, so opening one gate
- * never releases another (waits compare with >=). */
+/* Gate words, pinned and mapped for the device: per slot (one per open gate,
+ * so opening one gate never releases another: waits compare with >=) the
+ * gate word and one "arrived" word per stream. */
 #define GATE_SLOTS 256
-static volatile uint32_t *gate_words;
-static CUdeviceptr gate_dwords;
+struct gate_slot {
+  uint32_t open;
+  uint32_t arrived[CKPT_MAX_STREAMS];
+};
+static volatile struct gate_slot *slots;
+static CUdeviceptr slots_dptr;
 static uint32_t gate_seq;
 static bool slot_busy[GATE_SLOTS];
 static int gates_ok = -1; /* unknown, 0 unavailable, 1 available */
@@ -39,6 +51,12 @@ void ckpt_note_stream(CUstream s, int device) {
   CUevent f;
   if (DRV(cuEventCreate, &f, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) return;
   if (nstreams == CKPT_MAX_STREAMS) drop((int)(evict++ % CKPT_MAX_STREAMS));
+  /* The legacy and per-thread default streams, and streams created without
+   * CU_STREAM_NON_BLOCKING, all order with the legacy stream. */
+  unsigned flags = 0;
+  bool blocking = s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD ||
+                  (DRV(cuStreamGetFlags, s, &flags) == CUDA_SUCCESS && !(flags & CU_STREAM_NON_BLOCKING));
+  streams[nstreams].blocking = blocking;
   streams[nstreams].s = s;
   streams[nstreams].device = device;
   streams[nstreams].fence = f;
@@ -47,6 +65,7 @@ void ckpt_note_stream(CUstream s, int device) {
 
 CKPT_API int ckpt_set_stream(uintptr_t cu_stream) {
   ckpt_init();
+  ckpt_profile_set_stream(cu_stream);
   if (!ckpt_g.tagging) return 0;
   CUdevice dev;
   if (DRV(cuCtxGetDevice, &dev) != CUDA_SUCCESS) return CKPT_EDRIVER;
@@ -77,26 +96,54 @@ void ckpt_fence(CUstream copy, int device) {
 static bool gates_available(void) {
   if (gates_ok >= 0) return gates_ok;
   void *host = NULL;
-  CUresult r = DRV(cuMemHostAlloc, &host, GATE_SLOTS * sizeof(uint32_t),
+  CUresult r = DRV(cuMemHostAlloc, &host, GATE_SLOTS * sizeof(struct gate_slot),
                    CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
-  if (r == CUDA_SUCCESS) r = DRV(cuMemHostGetDevicePointer_v2, &gate_dwords, host, 0);
-  if (r == CUDA_SUCCESS && !ckpt_drv.cuStreamWaitValue32_v2) r = CUDA_ERROR_NOT_FOUND;
+  if (r == CUDA_SUCCESS) r = DRV(cuMemHostGetDevicePointer_v2, &slots_dptr, host, 0);
+  if (r == CUDA_SUCCESS && !ckpt_drv.cuStreamBatchMemOp_v2) r = CUDA_ERROR_NOT_FOUND;
   gates_ok = r == CUDA_SUCCESS;
   if (gates_ok) {
-    gate_words = host;
-    for (int i = 0; i < GATE_SLOTS; i++) gate_words[i] = 0;
+    slots = host;
+    memset(host, 0, GATE_SLOTS * sizeof(struct gate_slot));
   } else {
     CKPT_WARN("stream gates unavailable (%s): swaps rely on the policy's ordering alone", ckpt_cu_name(r));
   }
   return gates_ok;
 }
 
+static bool arrived(const struct ckpt_gate *g, int i) {
+  return (int32_t)(__atomic_load_n(g->reached[i], __ATOMIC_ACQUIRE) - g->seq) >= 0;
+}
+
+/* One batch on `s`: write "arrived", then wait for the gate word. */
+static void hold(struct ckpt_gate *g, CUstream s, CUdeviceptr base) {
+  CUstreamBatchMemOpParams ops[2];
+  memset(ops, 0, sizeof ops);
+  ops[0].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+  ops[0].writeValue.address = base + offsetof(struct gate_slot, arrived) + (CUdeviceptr)g->n * sizeof(uint32_t);
+  ops[0].writeValue.value = g->seq;
+  ops[1].waitValue.operation = CU_STREAM_MEM_OP_WAIT_VALUE_32;
+  ops[1].waitValue.address = base + offsetof(struct gate_slot, open);
+  ops[1].waitValue.value = g->seq;
+  ops[1].waitValue.flags = CU_STREAM_WAIT_VALUE_GEQ;
+  CUresult r = DRV(cuStreamBatchMemOp_v2, s, 2, ops, 0);
+  if (r != CUDA_SUCCESS) {
+    CU_FAILED(cuStreamBatchMemOp_v2, r); /* that stream is not held */
+    return;
+  }
+  g->reached[g->n] = &slots[g->slot].arrived[g->n];
+  g->n++;
+}
+
+/* Holding the legacy stream holds every blocking stream too (each orders
+ * with it both ways), and it must be the only hold among them: a hold on a
+ * blocking stream and one on the legacy stream would each wait for the
+ * other's wait. Non-blocking streams get a hold each. */
 bool ckpt_gate_close(int device, struct ckpt_gate *g) {
   g->n = 0;
   if (!gates_available()) return false;
   int slot = -1;
-  for (int i = 0; i < GATE_SLOTS && slot < 0; i++)
-    if (!slot_busy[(gate_seq + 1 + (unsigned)i) % GATE_SLOTS]) slot = (int)((gate_seq + 1 + (unsigned)i) % GATE_SLOTS);
+  for (unsigned i = 0; i < GATE_SLOTS && slot < 0; i++)
+    if (!slot_busy[(gate_seq + 1 + i) % GATE_SLOTS]) slot = (int)((gate_seq + 1 + i) % GATE_SLOTS);
   if (slot < 0) {
     CKPT_WARN_ONCE("all %d stream gates are in use: a swap proceeds ungated", GATE_SLOTS);
     return false;
@@ -104,51 +151,39 @@ bool ckpt_gate_close(int device, struct ckpt_gate *g) {
   slot_busy[slot] = true;
   g->slot = (unsigned)slot;
   g->seq = ++gate_seq;
-  int gated[CKPT_MAX_STREAMS];
-  /* Every "reached" event first, then the waits: the legacy stream implicitly
-   * waits for the blocking streams' earlier work, so an event recorded on it
-   * after another stream's wait would wait for the gate itself. Each gate has
-   * its own events: two gates may be closed on one stream at once. */
+  CUdeviceptr base = slots_dptr + (CUdeviceptr)slot * sizeof(struct gate_slot);
+  bool legacy = false;
   for (int i = 0; i < nstreams; i++) {
-    /* Another thread's default stream cannot be named from here. */
-    if (streams[i].device != device || streams[i].s == CU_STREAM_PER_THREAD) continue;
-    CUevent ev;
-    CUresult r = DRV(cuEventCreate, &ev, CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC);
-    if (r == CUDA_SUCCESS) {
-      r = DRV(cuEventRecord, ev, streams[i].s);
-      if (r != CUDA_SUCCESS) DRV(cuEventDestroy_v2, ev);
-    }
-    if (r != CUDA_SUCCESS) {
-      CU_FAILED(cuEventRecord, r);
-      continue;
-    }
-    gated[g->n] = i;
-    g->reached[g->n++] = ev;
+    if (streams[i].device != device) continue;
+    if (streams[i].blocking) legacy = true;
+    else hold(g, streams[i].s, base);
   }
-  CUdeviceptr word = gate_dwords + g->slot * sizeof(uint32_t);
-  for (int k = 0; k < g->n; k++) {
-    CUresult r = DRV(cuStreamWaitValue32_v2, streams[gated[k]].s, word, g->seq, CU_STREAM_WAIT_VALUE_GEQ);
-    if (r != CUDA_SUCCESS) CU_FAILED(cuStreamWaitValue32_v2, r); /* that stream is not held */
-  }
+  if (legacy) hold(g, CU_STREAM_LEGACY, base);
   return true;
 }
 
 bool ckpt_gate_reached(struct ckpt_gate *g) {
   for (int i = 0; i < g->n; i++)
-    if (DRV(cuEventQuery, g->reached[i]) != CUDA_SUCCESS) return false;
+    if (!arrived(g, i)) return false;
   return true;
 }
 
 void ckpt_gate_wait(struct ckpt_gate *g) {
-  for (int i = 0; i < g->n; i++) {
-    CUresult r = DRV(cuEventSynchronize, g->reached[i]);
-    if (r != CUDA_SUCCESS) CU_FAILED(cuEventSynchronize, r);
+  struct timespec ts = {0, 0};
+  double t0 = ckpt_now();
+  bool warned = false;
+  for (unsigned spin = 0; !ckpt_gate_reached(g); spin++) {
+    ts.tv_nsec = spin < 8 ? 10000L << spin : 1000000L; /* 10 us doubling to 1 ms */
+    nanosleep(&ts, NULL);
+    if (!warned && ckpt_now() - t0 > 30) {
+      CKPT_WARN("a stream has not reached libckpt's gate after 30 s (is it blocked on the host?)");
+      warned = true;
+    }
   }
 }
 
 void ckpt_gate_open(struct ckpt_gate *g) {
-  __atomic_store_n(&gate_words[g->slot], g->seq, __ATOMIC_RELEASE);
+  __atomic_store_n(&slots[g->slot].open, g->seq, __ATOMIC_RELEASE);
   slot_busy[g->slot] = false;
-  for (int i = 0; i < g->n; i++) DRV(cuEventDestroy_v2, g->reached[i]);
   g->n = 0;
 }

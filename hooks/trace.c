@@ -123,8 +123,9 @@ static bool append_locked(const struct ckpt_trace_rec *rec, const char *text) {
     memset(r + 1, 0, ntext * sizeof *r);
     memcpy(r + 1, text, len);
   }
+  size_t before = nfilling;
   nfilling += 1 + ntext;
-  if (nfilling == TRACE_BUF_RECS / 2) ckpt_observer_wake();
+  if (before < TRACE_BUF_RECS / 2 && nfilling >= TRACE_BUF_RECS / 2) ckpt_observer_wake();
   return true;
 }
 

@@ -107,6 +107,11 @@ struct ckpt_stats {
 /* Copies up to `size` bytes of the stats into *out (pass sizeof(*out)). */
 int ckpt_stats_get(struct ckpt_stats *out, size_t size);
 
+/* DeepSpeed's profile / synchronize_checkpoint_boundary at run time (the same
+ * as CKPT_PROFILE / CKPT_SYNC): per-region forward and backward device time
+ * in the stats, and a device synchronisation at every region boundary. */
+int ckpt_profile_set(int profile, int synchronize);
+
 /* Returns the mode in effect: "none", "host", "peer" or "peer+host". */
 const char *ckpt_mode(void);
 

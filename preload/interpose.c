@@ -62,8 +62,10 @@ static CUresult do_alloc(CUdeviceptr *dptr, size_t bytes, CUstream s,
   CUresult rc;
   if (dptr && ckpt_alloc(dptr, bytes, s, &rc)) return rc;
   ckpt_count_untagged();
-  if (sync) return real.cuMemAlloc_v2(dptr, bytes);
-  return realfn(dptr, bytes, s);
+  for (int attempt = 0;; attempt++) {
+    rc = sync ? real.cuMemAlloc_v2(dptr, bytes) : realfn(dptr, bytes, s);
+    if (rc != CUDA_ERROR_OUT_OF_MEMORY || attempt || !ckpt_release_for_oom()) return rc;
+  }
 }
 
 static CUresult do_free(CUdeviceptr dptr, CUstream s, int sync,

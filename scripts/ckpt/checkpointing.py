@@ -520,6 +520,12 @@ def configure(
     PROFILE_TIME = settings.profile
     if PARTITION_ACTIVATIONS:
         _warn_partition()
+    # profile / synchronize_checkpoint_boundary are the library's CKPT_PROFILE
+    # / CKPT_SYNC, switched at run time: per-region device times land in the
+    # stats (ckpt-stats), synchronisation happens at region boundaries.
+    lib = library.get_or_none()
+    if lib is not None and (PROFILE_TIME or SYNCHRONIZE):
+        lib.ckpt_profile_set(int(bool(PROFILE_TIME)), int(bool(SYNCHRONIZE)))
 
 
 def is_configured() -> bool:

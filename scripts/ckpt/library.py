@@ -57,6 +57,7 @@ class CkptStats(ctypes.Structure):
 SIGNATURES = {
     "ckpt_region_begin": (ctypes.c_int, [ctypes.c_char_p]),
     "ckpt_region_end": (ctypes.c_int, []),
+    "ckpt_profile_set": (ctypes.c_int, [ctypes.c_int, ctypes.c_int]),
     "ckpt_query": (ctypes.c_int, [c_uintptr, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]),
     "ckpt_offload": (ctypes.c_int, [ctypes.c_int]),
     "ckpt_prefetch": (ctypes.c_int, [ctypes.c_int]),

@@ -133,7 +133,7 @@ def per_region(trace: Trace) -> List[Dict[str, object]]:
 
 
 def per_step(trace: Trace) -> List[Dict[str, object]]:
-    """One row per step: from the start (or a CKPT_T_STEP) to the next."""
+    """One row per step: from the start, or a step record, to the next."""
     steps: List[Dict[str, object]] = []
 
     def new(t: float) -> Dict[str, object]:

@@ -2,6 +2,8 @@
  * word in memory satisfies a condition (libckpt holds streams still with it
  * while it swaps a VA); cuStreamWriteValue32/64 writes one in stream order.
  * The worker polls the word, backing off up to a millisecond. */
+#include <stdlib.h>
+
 #include "simdev_internal.h"
 
 atomic_bool sd_abandon_waits;
@@ -112,3 +114,71 @@ MEMOP(cuStreamWriteValue64, false, SD_OP_WRITE_VALUE, cuuint64_t, 8)
 MEMOP(cuStreamWriteValue64_ptsz, true, SD_OP_WRITE_VALUE, cuuint64_t, 8)
 MEMOP(cuStreamWriteValue64_v2, false, SD_OP_WRITE_VALUE, cuuint64_t, 8)
 MEMOP(cuStreamWriteValue64_v2_ptsz, true, SD_OP_WRITE_VALUE, cuuint64_t, 8)
+
+/* cuStreamBatchMemOp: the operations run in order as ONE stream operation,
+ * so no other work can be enqueued between them (libckpt's gates rely on a
+ * write directly followed by a wait). */
+static CUresult batch(CUstream stream, bool per_thread_default, unsigned count, CUstreamBatchMemOpParams *params,
+                      unsigned flags)
+{
+    if (!count || !params || flags)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sd_op *items = calloc(count, sizeof *items);
+    if (!items)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    for (unsigned i = 0; i < count; i++) {
+        CUstreamBatchMemOpParams *p = &params[i];
+        struct sd_op *it = &items[i];
+        switch (p->operation) {
+        case CU_STREAM_MEM_OP_WAIT_VALUE_32:
+        case CU_STREAM_MEM_OP_WAIT_VALUE_64:
+            it->kind = SD_OP_WAIT_VALUE;
+            it->u.value.width = p->operation == CU_STREAM_MEM_OP_WAIT_VALUE_32 ? 4 : 8;
+            it->u.value.addr = (void *)(uintptr_t)p->waitValue.address;
+            it->u.value.value = it->u.value.width == 4 ? p->waitValue.value : p->waitValue.value64;
+            it->u.value.flags = p->waitValue.flags;
+            break;
+        case CU_STREAM_MEM_OP_WRITE_VALUE_32:
+        case CU_STREAM_MEM_OP_WRITE_VALUE_64:
+            it->kind = SD_OP_WRITE_VALUE;
+            it->u.value.width = p->operation == CU_STREAM_MEM_OP_WRITE_VALUE_32 ? 4 : 8;
+            it->u.value.addr = (void *)(uintptr_t)p->writeValue.address;
+            it->u.value.value = it->u.value.width == 4 ? p->writeValue.value : p->writeValue.value64;
+            it->u.value.flags = p->writeValue.flags;
+            break;
+        default:
+            free(items);
+            return CUDA_ERROR_NOT_SUPPORTED;
+        }
+        if (!it->u.value.addr || (uintptr_t)it->u.value.addr % it->u.value.width) {
+            free(items);
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    struct sd_stream *s;
+    CUresult rc = sd_stream_get(stream, per_thread_default, &s);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_sticky(s->ctx);
+    struct sd_op *op = rc == CUDA_SUCCESS ? sd_op_new(SD_OP_BATCH) : NULL;
+    if (!op) {
+        free(items);
+        return rc != CUDA_SUCCESS ? rc : CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    op->u.batch.items = items;
+    op->u.batch.count = count;
+    return sd_submit(s, op, NULL);
+}
+
+CUresult cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray,
+                               unsigned int flags)
+{
+    SD_ENTER(cuStreamBatchMemOp_v2);
+    return batch(stream, false, count, paramArray, flags);
+}
+
+CUresult cuStreamBatchMemOp_v2_ptsz(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray,
+                                    unsigned int flags)
+{
+    SD_ENTER(cuStreamBatchMemOp_v2_ptsz);
+    return batch(stream, true, count, paramArray, flags);
+}

@@ -169,6 +169,7 @@ enum sd_op_kind {
     SD_OP_FREE,     /* cuMemFreeAsync reaching its stream position */
     SD_OP_WAIT_VALUE,  /* cuStreamWaitValue32/64: blocks the stream on a memory word */
     SD_OP_WRITE_VALUE, /* cuStreamWriteValue32/64 */
+    SD_OP_BATCH,       /* cuStreamBatchMemOp: waits and writes as one stream operation */
 };
 
 struct sd_op {
@@ -186,6 +187,7 @@ struct sd_op {
         struct { CUstreamCallback fn; CUstream handle; void *data; } callback;
         struct { struct sd_region *block; } free;
         struct { void *addr; uint64_t value; unsigned width; unsigned flags; } value;
+        struct { struct sd_op *items; unsigned count; } batch; /* items: plain structs, not queued */
     } u;
 };
 

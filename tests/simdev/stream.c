@@ -75,6 +75,8 @@ void sd_op_unref(struct sd_op *op)
         return;
     drop_deps(op);
     free(op->deps);
+    if (op->kind == SD_OP_BATCH)
+        free(op->u.batch.items);
     free(op);
 }
 
@@ -178,6 +180,7 @@ const char *sd_op_name(enum sd_op_kind kind)
     case SD_OP_FREE: return "stream-ordered free";
     case SD_OP_WAIT_VALUE: return "wait on a memory value";
     case SD_OP_WRITE_VALUE: return "memory value write";
+    case SD_OP_BATCH: return "batch of memory operations";
     default: return "operation";
     }
 }
@@ -225,6 +228,10 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
     case SD_OP_WRITE_VALUE:
         if (!sticky)
             sd_memop_run(s, op);
+        return;
+    case SD_OP_BATCH:
+        for (unsigned i = 0; i < op->u.batch.count && !atomic_load(&s->ctx->sticky); i++)
+            sd_memop_run(s, &op->u.batch.items[i]);
         return;
     case SD_OP_COPY:
     case SD_OP_SET:
