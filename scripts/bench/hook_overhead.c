@@ -49,20 +49,26 @@ static double median_ns(void (*fn)(CUstream, int), CUstream s, int n) {
   return r[3];
 }
 
+static __typeof__(cuStreamSynchronize) *sync_stream;
+
 static void small_pairs(CUstream s, int n) {
   for (int i = 0; i < n; i++) {
     CUdeviceptr p;
     CU(alloc_async(&p, 256, s));
     CU(free_async(p, s));
+    if (i % 64 == 63) CU(sync_stream(s));
   }
 }
 
+/* A synchronisation every 64 pairs, in both runs: the simulated driver's
+ * pool only reuses memory once its stream has passed the free. */
 static void tagged_pairs(CUstream s, int n) {
   if (region_begin) region_begin("bench");
   for (int i = 0; i < n; i++) {
     CUdeviceptr p;
     CU(alloc_async(&p, 8 << 20, s));
     CU(free_async(p, s));
+    if (i % 64 == 63) CU(sync_stream(s));
   }
   if (region_end) region_end();
 }
@@ -84,6 +90,7 @@ int main(int argc, char **argv) {
   __typeof__(cuCtxSetCurrent) *set_current = dlsym(h, "cuCtxSetCurrent");
   __typeof__(cuStreamCreate) *stream_create = dlsym(h, "cuStreamCreate");
   __typeof__(cuStreamSynchronize) *sync = dlsym(h, "cuStreamSynchronize");
+  sync_stream = sync;
   alloc_async = dlsym(h, "cuMemAllocAsync");
   free_async = dlsym(h, "cuMemFreeAsync");
   *(void **)&region_begin = dlsym(RTLD_DEFAULT, "ckpt_region_begin");

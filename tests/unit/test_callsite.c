@@ -64,8 +64,10 @@ Test(callsite, sites_are_deduplicated_ranked_and_named, .init = stacks) {
   UNLOCK();
   cr_assert_eq(top_sites(), 3);
   cr_assert_eq(top[0].offloaded_bytes, 100, "ranked by offloaded bytes");
-  cr_assert_eq(top[0].frame[0][0], '\0', "not symbolised on the hot path");
-  cr_assert_gt(ckpt_callsite_symbolize(), 0);
+  /* Naming happens off the hot path (the observer thread, every 100 ms, or
+   * here): whether the thread got there first is timing, so only the result
+   * is checked. */
+  ckpt_callsite_symbolize();
   top_sites();
   cr_assert(names(&top[0], "unit_alloc_big"), "frame 0: %s", top[0].frame[0]);
   cr_assert(names(&top[1], "unit_alloc_small") || names(&top[2], "unit_alloc_small"));
