@@ -135,7 +135,7 @@ void ckpt_engine_stop(void);
  * (fences) and holds still while it swaps a mapping (gates). */
 #define CKPT_MAX_STREAMS 8
 void ckpt_note_stream(CUstream s, int device);
-void ckpt_fence(CUstream copy, int device);
+CUresult ckpt_fence(CUstream copy, int device);
 struct ckpt_gate {
   int n;
   unsigned slot;

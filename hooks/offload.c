@@ -87,11 +87,16 @@ static void gate_job(struct job *j) {
   if (saved != j->ctx) DRV(cuCtxSetCurrent, saved);
 }
 
-/* The first job of `device` holding a closed gate (a restore's), or NULL. */
+/* The job of `device` holding the gate closed first (a restore's), or NULL.
+ * Gates on one stream are reached in the order they were closed, which is not
+ * queue order (prefetch(1), restore(2), restore(1)): go by the sequence. */
 static struct job *first_gated(int device) {
+  struct job *first = NULL;
   for (struct job *q = queue_head; q; q = q->next)
-    if (q->device == device && q->gate_owner == q) return q;
-  return NULL;
+    if (q->device == device && q->gate_owner == q && q->gated &&
+        (!first || (int32_t)(q->gate.seq - first->gate.seq) < 0))
+      first = q;
+  return first;
 }
 
 static void queue_remove(struct job *j) {
@@ -136,7 +141,14 @@ static void engine_round(void) {
   bool swaps = false;
   for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && job_swaps(batch[i]);
   if (!target->gate_owner && swaps) gate_job(target);
-  for (int i = 0; i < n; i++) batch[i]->gate_owner = target; /* a restore must not gate them again */
+  /* Jobs queued before the target may hold gates closed after its: they are
+   * swapped now, under the target's gate, and their gates opened with it. */
+  struct job *also_open[BATCH];
+  int nopen = 0;
+  for (int i = 0; i < n; i++) {
+    if (batch[i] != target && batch[i]->gate_owner == batch[i] && batch[i]->gated) also_open[nopen++] = batch[i];
+    batch[i]->gate_owner = target; /* a restore must not gate them again */
+  }
   double stall_from = 0;
   if (target->gated) {
     bool early = ckpt_gate_reached(&target->gate);
@@ -158,6 +170,7 @@ static void engine_round(void) {
     ckpt_trace(b->kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, b->top->id, NULL, b->bytes, 0,
                (uint64_t)(ms * 1e6));
   }
+  for (int i = 0; i < nopen; i++) ckpt_gate_open(&also_open[i]->gate);
   if (target->gated) {
     ckpt_gate_open(&target->gate);
     /* A consumer held at a restore's gate waited from (at the latest) the
@@ -266,7 +279,7 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
   CU_CHECK_GOTO(devres_get(first->device, first->ctx, &d), r, fail);
   CU_CHECK_GOTO(DRV(cuEventCreate, &j->start, CU_EVENT_DEFAULT), r, fail);
   CU_CHECK_GOTO(DRV(cuEventCreate, &j->done, CU_EVENT_BLOCKING_SYNC), r, fail_start);
-  ckpt_fence(d->copy, first->device);
+  CU_CHECK_GOTO(ckpt_fence(d->copy, first->device), r, fail_start_done);
   DRV(cuEventRecord, j->start, d->copy);
   for (int i = 0; i < n; i++) {
     struct talloc *t = items[i];
@@ -332,8 +345,11 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
              (uintptr_t)d->copy, 0);
   return 1;
 fail_items:
-  /* No job: roll every item back to where its data is valid. */
+  /* No job: roll every item back to where its data is valid, once the copies
+   * already enqueued can no longer touch the memory being dropped. */
+  if (j->n) DRV(cuStreamSynchronize, d->copy);
   apply(j, j->n ? r : CUDA_ERROR_NOT_READY);
+fail_start_done:
   DRV(cuEventDestroy_v2, j->done);
 fail_start:
   DRV(cuEventDestroy_v2, j->start);

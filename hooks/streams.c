@@ -75,7 +75,11 @@ CKPT_API int ckpt_set_stream(uintptr_t cu_stream) {
   return 0;
 }
 
-void ckpt_fence(CUstream copy, int device) {
+/* A copy that cannot be ordered after a stream could read stale bytes: any
+ * failure fails the fence, and the caller copies nothing. A stream the
+ * program destroyed is forgotten (the next fence goes without it). */
+CUresult ckpt_fence(CUstream copy, int device) {
+  CUresult rc = CUDA_SUCCESS;
   for (int i = 0; i < nstreams;) {
     if (streams[i].device != device) {
       i++;
@@ -84,13 +88,16 @@ void ckpt_fence(CUstream copy, int device) {
     CUresult r = DRV(cuEventRecord, streams[i].fence, streams[i].s);
     if (r == CUDA_SUCCESS) r = DRV(cuStreamWaitEvent, copy, streams[i].fence, 0);
     if (r != CUDA_SUCCESS) {
-      /* Most likely the program destroyed that stream: forget it. */
-      CKPT_INFO("stream %p no longer usable (%s): forgotten", (void *)streams[i].s, ckpt_cu_name(r));
-      drop(i);
-      continue;
+      CU_FAILED(fence, r);
+      rc = r;
+      if (r == CUDA_ERROR_INVALID_HANDLE || r == CUDA_ERROR_CONTEXT_IS_DESTROYED) {
+        drop(i);
+        continue;
+      }
     }
     i++;
   }
+  return rc;
 }
 
 static bool gates_available(void) {
