@@ -14,7 +14,8 @@ Targets:
 
 A reader may refuse an input only with its documented error (TraceError,
 SegmentError: "one-line error and exit status 2"); any other exception is a
-bug, reported with the input saved under tests/fuzz/crashes/<target>/ (commit
+bug, reported with the input saved under $FUZZ_CRASH_DIR (default
+tests/fuzz/crashes/<target>/; commit
 it into tests/fuzz/corpus/<target>/ once fixed: replay then keeps it fixed).
 """
 
@@ -94,7 +95,7 @@ def corpus(target):
 
 
 def save_crash(target, data):
-    d = os.path.join(HERE, "crashes", target)
+    d = os.environ.get("FUZZ_CRASH_DIR") or os.path.join(HERE, "crashes", target)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "crash-" + hashlib.sha1(data).hexdigest()[:16])
     with open(path, "wb") as f:

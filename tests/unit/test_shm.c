@@ -163,6 +163,7 @@ Test(shm, seqlock_reader_never_sees_a_torn_publish, .init = setup, .timeout = 60
   struct timespec t0, t;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   do {
+    clock_gettime(CLOCK_MONOTONIC, &t); /* first: the `continue` below skips the rest */
     if (ckpt_seg_snapshot(s, snap, 1000) != 0) {
       busy++;
     } else {
@@ -179,7 +180,6 @@ Test(shm, seqlock_reader_never_sees_a_torn_publish, .init = setup, .timeout = 60
       last = k;
       ok++;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t);
     /* Until enough consistent snapshots were seen (a loaded 2-core machine
      * may not schedule the writer at once), 20 s at most. */
   } while ((ok <= 1000 || last <= 1000) &&
