@@ -124,6 +124,10 @@ static void engine_round(void) {
     UNLOCK();
     DRV(cuCtxSetCurrent, target->ctx);
     rc_target = DRV(cuEventSynchronize, target->done);
+    /* An error here says nothing about the copies: wait for the copy stream
+     * before anything rolls back (and frees) memory they may still touch. */
+    if (rc_target != CUDA_SUCCESS && DRV(cuStreamSynchronize, devs[target->device].copy) == CUDA_SUCCESS)
+      rc_target = CUDA_SUCCESS;
     LOCK();
   } while (first_gated(device) != g && first_gated(device) != NULL && !g);
   struct job *batch[BATCH];
@@ -392,7 +396,7 @@ static void to_host(struct talloc *t, CUresult copy_rc) {
     }
   }
   if (copy_rc != CUDA_SUCCESS && copy_rc != CUDA_ERROR_NOT_READY) {
-    ckpt_g.stats.driver_errors++;
+    ckpt_note_driver_error();
     CKPT_WARN("offload copy of %#llx failed (%s): data kept on the device", (unsigned long long)t->va,
               ckpt_cu_name(copy_rc));
   }
@@ -446,7 +450,7 @@ static void to_device(struct talloc *t, CUresult copy_rc) {
     }
   }
   if (copy_rc != CUDA_SUCCESS && copy_rc != CUDA_ERROR_NOT_READY) {
-    ckpt_g.stats.driver_errors++;
+    ckpt_note_driver_error();
     CKPT_WARN("restore copy of %#llx failed (%s): data stays host-backed", (unsigned long long)t->va,
               ckpt_cu_name(copy_rc));
   }
