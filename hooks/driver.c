@@ -13,19 +13,24 @@ static void *libcuda;
 static CUresult load_result = CUDA_ERROR_NOT_FOUND;
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 
-typedef void *(*dlsym_fn)(void *, const char *);
 
-void *ckpt_real_dlsym(void *handle, const char *name) {
+CKPT_NO_SANITIZE CKPT_NO_SANITIZE dlsym_fn ckpt_real_dlsym_fn(void) {
   static dlsym_fn real;
-  if (!real) {
+  dlsym_fn r = __atomic_load_n(&real, __ATOMIC_RELAXED);
+  if (!r) {
     /* dlsym moved into libc proper in glibc 2.34; older ones only have the
      * first version of each architecture. */
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
-    for (size_t i = 0; !real && i < sizeof versions / sizeof *versions; i++)
-      real = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
-    if (!real) return NULL;
+    for (size_t i = 0; !r && i < sizeof versions / sizeof *versions; i++)
+      r = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    __atomic_store_n(&real, r, __ATOMIC_RELAXED);
   }
-  return real(handle, name);
+  return r;
+}
+
+CKPT_NO_SANITIZE void *ckpt_real_dlsym(void *handle, const char *name) {
+  dlsym_fn real = ckpt_real_dlsym_fn();
+  return real ? real(handle, name) : NULL;
 }
 
 static void load(void) {

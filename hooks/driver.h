@@ -21,8 +21,14 @@ extern struct ckpt_driver ckpt_drv;
 CUresult ckpt_driver_load(void);
 /* The real driver's symbol `name` (NULL when the driver or symbol is absent). */
 void *ckpt_driver_sym(const char *name);
+/* Functions a sanitizer runtime reaches through dlsym while it initialises,
+ * before its shadow memory and interceptors exist: not instrumented. */
+#define CKPT_NO_SANITIZE __attribute__((no_sanitize("address", "thread", "undefined")))
 /* dlsym as libc implements it; the preload overrides the public name. */
 void *ckpt_real_dlsym(void *handle, const char *name);
+typedef void *(*dlsym_fn)(void *, const char *);
+/* libc's dlsym itself (NULL when it cannot be found). */
+dlsym_fn ckpt_real_dlsym_fn(void);
 /* "CUDA_ERROR_OUT_OF_MEMORY" etc., never NULL. */
 const char *ckpt_cu_name(CUresult r);
 

@@ -6,8 +6,11 @@
 
 #include "../hooks/core.h"
 
+void ckpt_preload_ctor_done(void); /* interpose.c */
+
 __attribute__((constructor)) static void ckpt_preload_ctor(void) {
   Dl_info info;
   if (dladdr((void *)ckpt_preload_ctor, &info) && info.dli_fname) ckpt_preload_env(info.dli_fname);
   else ckpt_preload_env(NULL);
+  ckpt_preload_ctor_done();
 }

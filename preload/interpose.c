@@ -189,8 +189,8 @@ CKPT_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVe
 /* dlsym(RTLD_NEXT) means "after the caller", and libc finds the caller from
  * its return address, which would now be us. Search the objects after the
  * real caller in load order ourselves, keeping a definition only when it is
- * that object's own. */
-static void *next_after(const void *caller, const char *name) {
+ * that object's own. Not instrumented: see CKPT_NO_SANITIZE. */
+CKPT_NO_SANITIZE static void *next_after(const void *caller, const char *name) {
   Dl_info info;
   struct link_map *lm = NULL;
   if (!dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm) return ckpt_real_dlsym(RTLD_NEXT, name);
@@ -205,7 +205,32 @@ static void *next_after(const void *caller, const char *name) {
   return NULL;
 }
 
-CKPT_EXPORT void *dlsym(void *handle, const char *name) {
+/* Set once our constructor ran. Before that, the callers are other preloaded
+ * runtimes initialising (ASan, TSan resolve their interceptors' real
+ * functions with dlsym(RTLD_NEXT) from _dl_init): they cannot serve the
+ * dlopen next_after needs yet, and nothing of ours is hooked yet, so libc's
+ * dlsym answers, reached by a sibling call so that it still sees the
+ * caller's return address (RTLD_NEXT keeps meaning "after the caller"). */
+static int ctor_done;
+void ckpt_preload_ctor_done(void) { __atomic_store_n(&ctor_done, 1, __ATOMIC_RELEASE); }
+
+#if defined(__has_attribute)
+#if __has_attribute(musttail)
+#define CKPT_MUSTTAIL __attribute__((musttail))
+#endif
+#endif
+#ifndef CKPT_MUSTTAIL
+#define CKPT_MUSTTAIL /* gcc < 15: a sibling call at -O1 and above */
+#ifndef __OPTIMIZE__
+#warning "built without optimisation: dlsym(RTLD_NEXT) from a runtime preloaded before libckpt (ASan, TSan) resolves relative to libckpt"
+#endif
+#endif
+
+CKPT_EXPORT CKPT_NO_SANITIZE void *dlsym(void *handle, const char *name) {
+  if (handle == RTLD_NEXT && !__atomic_load_n(&ctor_done, __ATOMIC_ACQUIRE)) {
+    void *(*real_fn)(void *, const char *) = ckpt_real_dlsym_fn();
+    CKPT_MUSTTAIL return real_fn(handle, name);
+  }
   void *p = handle == RTLD_NEXT ? next_after(__builtin_return_address(0), name) : ckpt_real_dlsym(handle, name);
   if (!p || name[0] != 'c' || name[1] != 'u') return p;
   for (int i = 0; i < HOOK__COUNT; i++)
