@@ -28,7 +28,10 @@ static void atfork_child(void) {
 }
 
 static void print_summary(void) {
-  struct ckpt_stats s = ckpt_g.stats;
+  struct ckpt_stats s;
+  LOCK();
+  ckpt_stats_snapshot(&s);
+  UNLOCK();
   char line[512];
   int n = snprintf(line, sizeof line,
                    "libckpt[%d] summary: mode=%s regions=%llu tagged=%llu offloaded=%.1f MiB restored=%.1f MiB "
@@ -46,7 +49,7 @@ static void at_exit(void) {
   if (ckpt_g.forked) return;
   ckpt_engine_stop();
   ckpt_observe_exit();
-  if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) && ckpt_g.stats.hooked_calls + ckpt_g.stats.regions_opened > 0)
+  if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) && __atomic_load_n(&ckpt_g.hot.hooked_calls, __ATOMIC_RELAXED) + ckpt_g.stats.regions_opened > 0)
     print_summary();
 }
 

@@ -83,7 +83,12 @@ struct ckpt_global {
   int ncycle, cap_cycle;
   int offload_cursor;      /* cycle entries before it are offloaded */
   bool cycle_restored;     /* a restore happened: the next top-level region starts a new cycle */
-  struct ckpt_stats stats;
+  struct ckpt_stats stats; /* under the lock; its hot fields below are not used */
+  /* Counters the lock-free paths update atomically: kept apart from `stats`
+   * so that a locked copy of it never reads them plainly. */
+  struct {
+    uint64_t hooked_calls, untagged_allocs, driver_errors, device_used_now, device_used_peak;
+  } hot;
 };
 extern struct ckpt_global ckpt_g;
 
@@ -93,6 +98,9 @@ extern struct ckpt_global ckpt_g;
 /* Guard libckpt's own driver work on this thread (see ckpt_in_lib). */
 #define IN_LIB_BEGIN() int in_lib_saved_ = ckpt_in_lib; ckpt_in_lib = 1
 #define IN_LIB_END() ckpt_in_lib = in_lib_saved_
+
+/* stats.c: a consistent copy of every counter (caller holds the lock). */
+void ckpt_stats_snapshot(struct ckpt_stats *out);
 
 /* region.c */
 struct region *ckpt_region_find(int id);
@@ -129,7 +137,8 @@ void ckpt_host_pool_release_all(void);
 /* offload.c */
 void ckpt_policy_region_closed(struct region *r);
 void ckpt_policy_cycle_end(struct region *top);
-void ckpt_engine_stop(void);
+/* Stops the engine thread; false when it could not be joined (a copy may still run). */
+bool ckpt_engine_stop(void);
 
 /* streams.c: the program's streams, which libckpt orders its copies after
  * (fences) and holds still while it swaps a mapping (gates). */

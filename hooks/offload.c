@@ -208,18 +208,23 @@ static void *engine_main(void *arg) {
   return NULL;
 }
 
-void ckpt_engine_stop(void) {
+bool ckpt_engine_stop(void) {
   LOCK();
   bool started = engine_started;
   engine_stop = true;
   pthread_cond_broadcast(&queue_cv);
   UNLOCK();
-  if (!started) return;
+  if (!started) return true;
   /* An engine blocked on a copy that never finishes must not hang exit. */
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += 2;
-  if (pthread_timedjoin_np(engine, NULL, &ts) != 0) CKPT_WARN("engine did not stop within 2 s at exit");
+  if (pthread_timedjoin_np(engine, NULL, &ts) != 0) {
+    CKPT_WARN("engine did not stop within 2 s at exit");
+    pthread_detach(engine); /* exit goes on; the copy it waits for dies with the process */
+    return false;
+  }
+  return true;
 }
 
 static int push_job(struct job *j) {

@@ -138,7 +138,7 @@ CKPT_API int ckpt_region_begin(const char *name) {
   }
   r->hnext = buckets[r->id % NBUCKETS];
   buckets[r->id % NBUCKETS] = r;
-  ckpt_g.open = r;
+  __atomic_store_n(&ckpt_g.open, r, __ATOMIC_RELAXED); /* read lock-free by ckpt_alloc */
   ckpt_g.stats.regions_opened++;
   r->ns = ckpt_name_stats(r->name);
   if (r->ns) r->ns->regions++;
@@ -162,7 +162,7 @@ CKPT_API int ckpt_region_end(void) {
     CKPT_WARN_ONCE("ckpt_region_end() with no open region: ignored (unbalanced begin/end or NVTX push/pop)");
     return CKPT_ESTATE;
   }
-  ckpt_g.open = r->parent;
+  __atomic_store_n(&ckpt_g.open, r->parent, __ATOMIC_RELAXED);
   r->state = R_CLOSED;
   ckpt_g.stats.regions_closed++;
   int id = r->id;

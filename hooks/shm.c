@@ -111,8 +111,7 @@ void ckpt_publish(void) {
   uint64_t q = s->live.seq;
   __atomic_store_n(&s->live.seq, q + 1, __ATOMIC_RELAXED);
   __atomic_thread_fence(__ATOMIC_RELEASE); /* odd before any field changes */
-  s->stats = ckpt_g.stats;
-  s->stats.size = sizeof s->stats;
+  ckpt_stats_snapshot(&s->stats);
   const struct ckpt_name_stats *names;
   int n = ckpt_name_table(&names);
   memcpy(s->names, names, (size_t)n * sizeof *names);

@@ -28,8 +28,8 @@ struct kernel_args {
 static _Atomic long kernel_errors;
 
 /* The tensor a kernel is touching, for the report when the device faults. */
-static struct tensor *volatile touching;
-static volatile int touching_kind;
+static struct tensor *_Atomic touching;
+static _Atomic int touching_kind;
 
 static void report_fault(void) {
   struct tensor *t = touching;

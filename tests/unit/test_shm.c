@@ -134,6 +134,8 @@ static void *writer(void *arg) {
     LOCK();
     uint64_t *w = (uint64_t *)&ckpt_g.stats;
     for (size_t i = 1; i < sizeof ckpt_g.stats / sizeof *w; i++) w[i] = k;
+    uint64_t *h = (uint64_t *)&ckpt_g.hot; /* published in place of their twins in stats */
+    for (size_t i = 0; i < sizeof ckpt_g.hot / sizeof *h; i++) h[i] = k;
     const struct ckpt_name_stats *names;
     int n = ckpt_name_table(&names);
     for (int i = 0; i < n; i++) {
