@@ -88,7 +88,11 @@ size_t ckpt_granularity(int device) {
 }
 
 CUresult ckpt_va_get(size_t size, size_t align, CUdeviceptr *va) {
-  CU_CHECK(DRV(cuMemAddressReserve, va, size, align, 0, 0));
+  CUresult r = DRV(cuMemAddressReserve, va, size, align, 0, 0);
+  if (r != CUDA_SUCCESS) {
+    if (!ckpt_cu_unsupported(r)) CU_FAILED(cuMemAddressReserve, r); /* else the caller says it once */
+    return r;
+  }
   CUdeviceptr lo = *va, hi = *va + size;
   if (lo < va_lo) __atomic_store_n(&va_lo, lo, __ATOMIC_RELAXED);
   if (hi > va_hi) __atomic_store_n(&va_hi, hi, __ATOMIC_RELAXED);
@@ -241,10 +245,10 @@ static CUresult talloc_create(int device, CUcontext ctx, size_t size, struct tal
   t->ctx = ctx;
   t->size = size;
   CUresult r;
-  CU_CHECK_GOTO(ckpt_va_get(size, ckpt_granularity(device), &t->va), r, fail);
-  CU_CHECK_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail_va);
-  CU_CHECK_GOTO(ckpt_map(t->va, size, t->dev, device), r, fail_handle);
-  CU_CHECK_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail_map);
+  CU_TRY_GOTO(ckpt_va_get(size, ckpt_granularity(device), &t->va), r, fail);
+  CU_TRY_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail_va);
+  CU_TRY_GOTO(ckpt_map(t->va, size, t->dev, device), r, fail_handle);
+  CU_TRY_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail_map);
   *out = t;
   return CUDA_SUCCESS;
 fail_map:
@@ -260,6 +264,7 @@ fail:
 
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
   if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib) return false;
+  if (__atomic_load_n(&ckpt_g.vmm_off, __ATOMIC_RELAXED)) return false;
   if (!__atomic_load_n(&ckpt_g.open, __ATOMIC_RELAXED)) return false; /* re-checked under the lock */
   CUcontext ctx = NULL;
   CUdevice dev = 0;
@@ -282,8 +287,19 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
       CUresult cr = talloc_create(dev, ctx, size, &t);
       if (cr != CUDA_SUCCESS) {
         t = NULL;
-        CKPT_WARN_ONCE("could not create a tagged mapping (%s): such allocations go to the driver untagged",
-                       ckpt_cu_name(cr));
+        if (ckpt_cu_unsupported(cr)) {
+          /* An old driver, or one without VMM: never ask again. */
+          __atomic_store_n(&ckpt_g.vmm_off, true, __ATOMIC_RELAXED);
+          CKPT_WARN_ONCE("this driver cannot create virtual memory (VMM) mappings (%s): libckpt is off, "
+                         "every allocation passes through to the driver untagged",
+                         ckpt_cu_name(cr));
+        } else if (cr == CUDA_ERROR_OUT_OF_MEMORY) {
+          CKPT_WARN_ONCE("out of device memory for a tagged mapping: such allocations go to the driver untagged");
+        } else {
+          ckpt_note_driver_error();
+          CKPT_WARN_ONCE("could not create a tagged mapping (%s): such allocations go to the driver untagged",
+                         ckpt_cu_name(cr));
+        }
       }
     }
     if (t && live_insert(t) < 0) {

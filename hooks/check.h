@@ -23,6 +23,18 @@ void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line);
     if ((res) != CUDA_SUCCESS) { CU_FAILED(call, res); goto label; } \
   } while (0)
 
+/* Like CU_CHECK_GOTO, but silent: for calls whose failure the caller reports
+ * itself (once, e.g. a capability the driver lacks). */
+#define CU_TRY_GOTO(call, res, label) do { \
+    (res) = (call); \
+    if ((res) != CUDA_SUCCESS) goto label; \
+  } while (0)
+
+/* A failure that will not go away by retrying: the driver lacks the feature. */
+static inline int ckpt_cu_unsupported(CUresult r) {
+  return r == CUDA_ERROR_NOT_SUPPORTED || r == CUDA_ERROR_NOT_PERMITTED || r == CUDA_ERROR_NOT_FOUND;
+}
+
 /* In functions returning a negative CKPT_E* code. */
 #define CK_CHECK(call) do { \
     int r_ = (call); \

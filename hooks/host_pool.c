@@ -53,8 +53,9 @@ static bool make_room(uint64_t cap, size_t need) {
   return pool_bytes + need <= cap;
 }
 
-struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc) {
+struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc, bool *capped) {
   *rc = CUDA_SUCCESS;
+  *capped = false;
   for (struct host_block *b = blocks; b; b = b->next)
     if (!b->in_use && b->device == device && b->size == size) {
       b->in_use = true;
@@ -63,6 +64,7 @@ struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc) {
   uint64_t cap = ckpt_param_host_max_bytes();
   if (pool_bytes + size > cap && !make_room(cap, size)) {
     *rc = CUDA_ERROR_OUT_OF_MEMORY;
+    *capped = true;
     return NULL;
   }
   struct host_block *b = calloc(1, sizeof *b);
@@ -73,9 +75,9 @@ struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc) {
   b->size = size;
   b->device = device;
   CUresult r;
-  CU_CHECK_GOTO(create_handle(size, &b->handle), r, fail);
-  CU_CHECK_GOTO(ckpt_va_get(size, ckpt_granularity(device), &b->va), r, fail_handle);
-  CU_CHECK_GOTO(ckpt_map(b->va, size, b->handle, device), r, fail_va);
+  CU_TRY_GOTO(create_handle(size, &b->handle), r, fail);
+  CU_TRY_GOTO(ckpt_va_get(size, ckpt_granularity(device), &b->va), r, fail_handle);
+  CU_TRY_GOTO(ckpt_map(b->va, size, b->handle, device), r, fail_va);
   b->in_use = true;
   b->next = blocks;
   blocks = b;

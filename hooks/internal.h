@@ -73,6 +73,8 @@ struct ckpt_global {
   pthread_cond_t changed;  /* engine finished a job */
   int mode;
   bool tagging;            /* decided once at init */
+  bool vmm_off;            /* the driver cannot create VMM mappings: no new tagging (atomic) */
+  bool host_off;           /* the driver cannot create pinned host memory (lock) */
   bool forked;             /* we are a fork()ed child: hands off */
   size_t min_bytes;
   int keep_last, prefetch;
@@ -129,7 +131,9 @@ struct host_block {
   bool in_use;
   struct host_block *next;
 };
-struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc);
+/* NULL with *rc set when no block can be had; *capped when CKPT_HOST_MAX_BYTES
+ * is what stopped it (the driver's own refusals are not logged here). */
+struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc, bool *capped);
 void ckpt_host_put(struct host_block *b);
 CUresult ckpt_host_map_at(struct host_block *b, CUdeviceptr va);
 void ckpt_host_pool_release_all(void);

@@ -295,14 +295,24 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
     if (t->device != first->device) continue; /* another device's job takes it */
     if (kind == JOB_TO_HOST) {
       CUresult hr;
-      struct host_block *b = ckpt_host_get(t->device, t->size, &hr);
+      bool capped;
+      struct host_block *b = ckpt_g.host_off ? NULL : ckpt_host_get(t->device, t->size, &hr, &capped);
       if (!b) {
+        if (ckpt_g.host_off) continue;
         ckpt_g.stats.host_pool_exhausted++;
-        if (hr == CUDA_ERROR_OUT_OF_MEMORY)
+        if (capped) {
           CKPT_WARN_ONCE("host pool full (CKPT_HOST_MAX_BYTES=%llu): survivors stay on the device",
                          (unsigned long long)ckpt_param_host_max_bytes());
-        else
-          CKPT_WARN_ONCE("cannot create pinned host memory (%s): survivors stay on the device", ckpt_cu_name(hr));
+        } else if (ckpt_cu_unsupported(hr)) {
+          ckpt_g.host_off = true; /* the driver cannot: never ask again */
+          CKPT_WARN_ONCE("this driver cannot create pinned host memory for offload (%s): host offload is off, "
+                         "activations stay on the device",
+                         ckpt_cu_name(hr));
+        } else {
+          if (hr != CUDA_ERROR_OUT_OF_MEMORY) ckpt_note_driver_error();
+          CKPT_WARN_ONCE("cannot create pinned host memory (%s): survivors stay on the device until it can",
+                         ckpt_cu_name(hr));
+        }
         continue;
       }
       r = DRV(cuMemcpyDtoDAsync_v2, b->va, t->va, t->req, d->copy);
@@ -504,7 +514,7 @@ static int tree_job(int kind, struct region *top) {
 
 static int offload_tree(struct region *top) {
   top->offloaded = true;
-  if (ckpt_g.mode == MODE_NONE || !ckpt_g.tagging) return 0;
+  if (ckpt_g.mode == MODE_NONE || !ckpt_g.tagging || ckpt_g.host_off) return 0;
   return tree_job(JOB_TO_HOST, top);
 }
 
