@@ -294,7 +294,8 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
                          "every allocation passes through to the driver untagged",
                          ckpt_cu_name(cr));
         } else if (cr == CUDA_ERROR_OUT_OF_MEMORY) {
-          CKPT_WARN_ONCE("out of device memory for a tagged mapping: such allocations go to the driver untagged");
+          CKPT_WARN_ONCE("out of device memory for a tagged mapping (%s): such allocations go to the driver untagged",
+                         ckpt_cu_name(cr));
         } else {
           ckpt_note_driver_error();
           CKPT_WARN_ONCE("could not create a tagged mapping (%s): such allocations go to the driver untagged",
