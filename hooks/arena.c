@@ -225,7 +225,7 @@ void ckpt_talloc_finish_free(struct talloc *t) {
 void ckpt_reap(void) {
   for (struct talloc **pp = &pending; *pp;) {
     struct talloc *t = *pp;
-    if (!t->busy && DRV(cuEventQuery, t->free_ev) == CUDA_SUCCESS) {
+    if (!t->busy && ckpt_event_query(t->free_ev) == CUDA_SUCCESS) {
       *pp = t->next;
       ckpt_talloc_finish_free(t);
     } else {

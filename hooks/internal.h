@@ -155,8 +155,12 @@ struct ckpt_gate {
   uint32_t seq;
   volatile uint32_t *reached[CKPT_MAX_STREAMS]; /* each stream writes seq here on arrival */
 };
-/* Lock held, the device's context current. false: no gate (unavailable). */
-bool ckpt_gate_close(int device, struct ckpt_gate *g);
+/* Lock held, the device's context current. 1: every program stream of the
+ * device is held; 0: no gate (unavailable: swaps rely on the policy's order);
+ * -1: a stream could not be held (logged): nothing may be swapped. */
+int ckpt_gate_close(int device, struct ckpt_gate *g);
+/* cuEventQuery; an error other than NOT_READY is counted and warned once. */
+CUresult ckpt_event_query(CUevent e);
 bool ckpt_gate_reached(struct ckpt_gate *g);
 void ckpt_gate_wait(struct ckpt_gate *g); /* lock NOT held */
 void ckpt_gate_open(struct ckpt_gate *g);

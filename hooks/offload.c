@@ -41,6 +41,7 @@ struct job {
   uint64_t bytes;
   struct ckpt_gate gate;
   bool gated;               /* gate closed (by the engine or a restore) */
+  bool gate_failed;         /* a stream could not be held: the job must not swap */
   bool restore_gate;        /* closed by a restore: a consumer waits at it */
   struct job *gate_owner;   /* the job whose gate covers this one, or NULL */
   CUcontext ctx;
@@ -82,7 +83,9 @@ static void gate_job(struct job *j) {
   CUcontext saved = NULL;
   DRV(cuCtxGetCurrent, &saved);
   if (saved != j->ctx) DRV(cuCtxSetCurrent, j->ctx);
-  j->gated = ckpt_gate_close(j->device, &j->gate);
+  int g = ckpt_gate_close(j->device, &j->gate);
+  j->gated = g > 0;
+  j->gate_failed = g < 0;
   j->gate_owner = j;
   if (saved != j->ctx) DRV(cuCtxSetCurrent, saved);
 }
@@ -126,8 +129,12 @@ static void engine_round(void) {
     rc_target = DRV(cuEventSynchronize, target->done);
     /* An error here says nothing about the copies: wait for the copy stream
      * before anything rolls back (and frees) memory they may still touch. */
-    if (rc_target != CUDA_SUCCESS && DRV(cuStreamSynchronize, devs[target->device].copy) == CUDA_SUCCESS)
-      rc_target = CUDA_SUCCESS;
+    if (rc_target != CUDA_SUCCESS) {
+      ckpt_note_driver_error();
+      CKPT_WARN_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy stream instead",
+                     ckpt_cu_name(rc_target));
+      if (DRV(cuStreamSynchronize, devs[target->device].copy) == CUDA_SUCCESS) rc_target = CUDA_SUCCESS;
+    }
     LOCK();
   } while (first_gated(device) != g && first_gated(device) != NULL && !g);
   struct job *batch[BATCH];
@@ -136,15 +143,23 @@ static void engine_round(void) {
   bool past_target = false;
   for (struct job *q = queue_head; q && n < BATCH; q = q->next) {
     if (q->device != device) continue;
-    if (past_target && (q->gate_owner || DRV(cuEventQuery, q->done) != CUDA_SUCCESS)) break;
+    if (past_target && (q->gate_owner || ckpt_event_query(q->done) != CUDA_SUCCESS)) break;
     /* Jobs before the target completed their copies before it (one copy stream). */
-    rc[n] = q == target ? rc_target : DRV(cuEventQuery, q->done);
+    rc[n] = q == target ? rc_target : ckpt_event_query(q->done);
     batch[n++] = q;
     if (q == target) past_target = true;
   }
   bool swaps = false;
   for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && job_swaps(batch[i]);
   if (!target->gate_owner && swaps) gate_job(target);
+  if (target->gate_failed && swaps) {
+    /* Roll the batch back (its copies are complete): offloads keep their
+     * data on the device, restores leave it host-backed (retried later). */
+    CKPT_WARN_ONCE("a stream could not be held at libckpt's gate: swaps are skipped (offloaded data stays "
+                   "on the device, restored data host-backed) until it can");
+    for (int i = 0; i < n; i++)
+      if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
+  }
   /* Jobs queued before the target may hold gates closed after its: they are
    * swapped now, under the target's gate, and their gates opened with it. */
   struct job *also_open[BATCH];
@@ -289,7 +304,11 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
   CU_CHECK_GOTO(DRV(cuEventCreate, &j->start, CU_EVENT_DEFAULT), r, fail);
   CU_CHECK_GOTO(DRV(cuEventCreate, &j->done, CU_EVENT_BLOCKING_SYNC), r, fail_start);
   CU_CHECK_GOTO(ckpt_fence(d->copy, first->device), r, fail_start_done);
-  DRV(cuEventRecord, j->start, d->copy);
+  r = DRV(cuEventRecord, j->start, d->copy);
+  if (r != CUDA_SUCCESS) { /* only the copy's timing is lost */
+    ckpt_note_driver_error();
+    CKPT_WARN_ONCE("cuEventRecord of a copy's start failed (%s): its copy time is not counted", ckpt_cu_name(r));
+  }
   for (int i = 0; i < n; i++) {
     struct talloc *t = items[i];
     if (t->device != first->device) continue; /* another device's job takes it */

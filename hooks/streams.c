@@ -122,7 +122,7 @@ static bool arrived(const struct ckpt_gate *g, int i) {
 }
 
 /* One batch on `s`: write "arrived", then wait for the gate word. */
-static void hold(struct ckpt_gate *g, CUstream s, CUdeviceptr base) {
+static CUresult hold(struct ckpt_gate *g, CUstream s, CUdeviceptr base) {
   CUstreamBatchMemOpParams ops[2];
   memset(ops, 0, sizeof ops);
   ops[0].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
@@ -135,38 +135,55 @@ static void hold(struct ckpt_gate *g, CUstream s, CUdeviceptr base) {
   CUresult r = DRV(cuStreamBatchMemOp_v2, s, 2, ops, 0);
   if (r != CUDA_SUCCESS) {
     CU_FAILED(cuStreamBatchMemOp_v2, r); /* that stream is not held */
-    return;
+    return r;
   }
   g->reached[g->n] = &slots[g->slot].arrived[g->n];
   g->n++;
+  return CUDA_SUCCESS;
 }
 
 /* Holding the legacy stream holds every blocking stream too (each orders
  * with it both ways), and it must be the only hold among them: a hold on a
  * blocking stream and one on the legacy stream would each wait for the
  * other's wait. Non-blocking streams get a hold each. */
-bool ckpt_gate_close(int device, struct ckpt_gate *g) {
+int ckpt_gate_close(int device, struct ckpt_gate *g) {
   g->n = 0;
-  if (!gates_available()) return false;
+  if (!gates_available()) return 0;
   int slot = -1;
   for (unsigned i = 0; i < GATE_SLOTS && slot < 0; i++)
     if (!slot_busy[(gate_seq + 1 + i) % GATE_SLOTS]) slot = (int)((gate_seq + 1 + i) % GATE_SLOTS);
   if (slot < 0) {
     CKPT_WARN_ONCE("all %d stream gates are in use: a swap proceeds ungated", GATE_SLOTS);
-    return false;
+    return 0;
   }
   slot_busy[slot] = true;
   g->slot = (unsigned)slot;
   g->seq = ++gate_seq;
   CUdeviceptr base = slots_dptr + (CUdeviceptr)slot * sizeof(struct gate_slot);
   bool legacy = false;
-  for (int i = 0; i < nstreams; i++) {
+  CUresult r = CUDA_SUCCESS;
+  for (int i = 0; i < nstreams && r == CUDA_SUCCESS; i++) {
     if (streams[i].device != device) continue;
     if (streams[i].blocking) legacy = true;
-    else hold(g, streams[i].s, base);
+    else r = hold(g, streams[i].s, base);
   }
-  if (legacy) hold(g, CU_STREAM_LEGACY, base);
-  return true;
+  if (legacy && r == CUDA_SUCCESS) r = hold(g, CU_STREAM_LEGACY, base);
+  if (r != CUDA_SUCCESS) {
+    /* A stream we could not hold may touch the VA at any time: no swap may
+     * happen under this gate. Let the held ones go. */
+    ckpt_gate_open(g);
+    return -1;
+  }
+  return 1;
+}
+
+CUresult ckpt_event_query(CUevent e) {
+  CUresult r = DRV(cuEventQuery, e);
+  if (r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_READY) {
+    ckpt_note_driver_error();
+    CKPT_WARN_ONCE("cuEventQuery failed (%s): treated as not complete yet", ckpt_cu_name(r));
+  }
+  return r;
 }
 
 bool ckpt_gate_reached(struct ckpt_gate *g) {
