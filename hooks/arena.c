@@ -152,6 +152,10 @@ static void talloc_destroy(struct talloc *t) {
 }
 
 static void cache_put(struct talloc *t) {
+  if (ckpt_g.exiting) { /* released at exit: nothing is cached any more */
+    talloc_destroy(t);
+    return;
+  }
   t->state = T_CACHED;
   t->next = cache[size_class(t->size)];
   cache[size_class(t->size)] = t;
@@ -222,6 +226,20 @@ void ckpt_talloc_finish_free(struct talloc *t) {
   talloc_destroy(t); /* unmaps and releases device memory still held */
 }
 
+void ckpt_arena_release_all(void) {
+  for (struct talloc **pp = &pending; *pp;) {
+    struct talloc *t = *pp;
+    /* Once its stream is past the program's free, nothing touches it. */
+    if (!t->busy && DRV(cuEventSynchronize, t->free_ev) == CUDA_SUCCESS) {
+      *pp = t->next;
+      ckpt_talloc_finish_free(t);
+    } else {
+      pp = &t->next;
+    }
+  }
+  ckpt_cache_trim((size_t)-1);
+}
+
 void ckpt_reap(void) {
   for (struct talloc **pp = &pending; *pp;) {
     struct talloc *t = *pp;
@@ -263,7 +281,7 @@ fail:
 }
 
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
-  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib) return false;
+  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib || ckpt_g.exiting) return false;
   if (__atomic_load_n(&ckpt_g.vmm_off, __ATOMIC_RELAXED)) return false;
   if (!__atomic_load_n(&ckpt_g.open, __ATOMIC_RELAXED)) return false; /* re-checked under the lock */
   CUcontext ctx = NULL;

@@ -76,6 +76,7 @@ struct ckpt_global {
   bool vmm_off;            /* the driver cannot create VMM mappings: no new tagging (atomic) */
   bool host_off;           /* the driver cannot create pinned host memory (lock) */
   bool forked;             /* we are a fork()ed child: hands off */
+  bool exiting;            /* exit handler ran: no new tagging, offload or cache (lock) */
   size_t min_bytes;
   int keep_last, prefetch;
   bool auto_offload;
@@ -137,6 +138,14 @@ struct host_block *ckpt_host_get(int device, size_t size, CUresult *rc, bool *ca
 void ckpt_host_put(struct host_block *b);
 CUresult ckpt_host_map_at(struct host_block *b, CUdeviceptr va);
 void ckpt_host_pool_release_all(void);
+/* At exit, engine stopped, lock held: the program's pending frees completed
+ * and every cached mapping destroyed (live tagged memory is the program's). */
+void ckpt_arena_release_all(void);
+/* At exit, lock held: fence events and the gate page; false (nothing done)
+ * when a gate is still closed. */
+bool ckpt_streams_release(void);
+/* At exit, engine stopped, lock held: the copy streams, when no job is left. */
+bool ckpt_offload_release(void);
 
 /* offload.c */
 void ckpt_policy_region_closed(struct region *r);

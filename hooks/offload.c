@@ -242,6 +242,16 @@ bool ckpt_engine_stop(void) {
   return true;
 }
 
+bool ckpt_offload_release(void) {
+  if (queue_head) return false; /* copies may still run into memory it holds */
+  for (int i = 0; i < MAXDEV; i++)
+    if (devs[i].copy) {
+      DRV(cuStreamDestroy_v2, devs[i].copy);
+      devs[i].copy = NULL;
+    }
+  return true;
+}
+
 static int push_job(struct job *j) {
   if (!engine_started) {
     if (pthread_create(&engine, NULL, engine_main, NULL) != 0) return CKPT_ENOMEM;
@@ -533,7 +543,7 @@ static int tree_job(int kind, struct region *top) {
 
 static int offload_tree(struct region *top) {
   top->offloaded = true;
-  if (ckpt_g.mode == MODE_NONE || !ckpt_g.tagging || ckpt_g.host_off) return 0;
+  if (ckpt_g.mode == MODE_NONE || !ckpt_g.tagging || ckpt_g.host_off || ckpt_g.exiting) return 0;
   return tree_job(JOB_TO_HOST, top);
 }
 
@@ -545,7 +555,7 @@ static void cancel_offload(struct region *r) {
 
 static int prefetch_tree(struct region *top) {
   ckpt_g.cycle_restored = true;
-  if (!ckpt_g.tagging) return 0;
+  if (!ckpt_g.tagging || ckpt_g.exiting) return 0; /* host-backed data stays valid */
   cancel_offload(top);
   return tree_job(JOB_TO_DEVICE, top);
 }
@@ -577,7 +587,7 @@ static void mark_keep(struct region *r) {
 void ckpt_policy_cycle_end(struct region *top) {
   if (tree_live(top) > 0) {
     mark_keep(top);
-    if (ckpt_g.tagging) tree_job(JOB_TO_DEVICE, top);
+    if (ckpt_g.tagging && !ckpt_g.exiting) tree_job(JOB_TO_DEVICE, top);
   }
 }
 

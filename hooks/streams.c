@@ -177,6 +177,16 @@ int ckpt_gate_close(int device, struct ckpt_gate *g) {
   return 1;
 }
 
+bool ckpt_streams_release(void) {
+  for (unsigned i = 0; i < GATE_SLOTS; i++)
+    if (slot_busy[i]) return false; /* a stream may still wait on the page */
+  while (nstreams) drop(nstreams - 1);
+  if (gates_ok == 1) DRV(cuMemFreeHost, (void *)slots);
+  slots = NULL;
+  gates_ok = 0; /* never again in this process */
+  return true;
+}
+
 CUresult ckpt_event_query(CUevent e) {
   CUresult r = DRV(cuEventQuery, e);
   if (r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_READY) {
