@@ -258,9 +258,16 @@ static void prefetch_overlap(void) {
   }
   CU(cuStreamSynchronize(compute));
   CHECK(kernel_errors == 0);
-  CHECK(ready == N - 1, "only %d of %d restores were complete before their consumer", ready, N - 1);
-  /* Consumers never waited at a restore's gate for long (copies were early). */
-  CHECK(ck_stats().stall_seconds_total < 0.05 * N, "stalled %.3f s", ck_stats().stall_seconds_total);
+  /* The overlap itself is a matter of time: under a sanitizer (several times
+   * slower, scripts/check-sanitizers sets SANITIZER_RUNTIME) only printed. */
+  if (getenv("SANITIZER_RUNTIME")) {
+    printf("prefetch overlap (not checked under a sanitizer): %d of %d restores ready, stalled %.3f s\n", ready,
+           N - 1, ck_stats().stall_seconds_total);
+  } else {
+    CHECK(ready == N - 1, "only %d of %d restores were complete before their consumer", ready, N - 1);
+    /* Consumers never waited at a restore's gate for long (copies were early). */
+    CHECK(ck_stats().stall_seconds_total < 0.05 * N, "stalled %.3f s", ck_stats().stall_seconds_total);
+  }
   ck.step();
 }
 
