@@ -6,8 +6,8 @@
 #   are not instrumented themselves).
 # - With SANITIZER_LOG_DIR set, the reports of this test (its processes and
 #   every child they start) go to a directory of their own,
-#   $SANITIZER_LOG_DIR/test.PID (the test's command line in its file
-#   "command"), and a test that fails while it has reports exits 66, the
+#   $SANITIZER_LOG_DIR/test.PID (the test's command line and CKPT_*/SIMDEV_*
+#   settings in its file "command"), and a test that fails while it has reports exits 66, the
 #   exit code of a sanitizer report: check-sanitizers then knows that the
 #   test failed because of reports (which count anyway), not by itself.
 if [ -n "${LD_PRELOAD:-}" ] && [ -n "${SANITIZER_RUNTIME:-}" ]; then
@@ -21,7 +21,8 @@ fi
 
 dir=$SANITIZER_LOG_DIR/test.$$
 mkdir -p "$dir" || exec "$@"
-echo "$*" >"$dir/command"
+# (with the settings that tell apart tests of one program and arguments)
+echo "$* $(env | grep -E '^(CKPT|SIMDEV)_' | sort | tr '\n' ' ')" >"$dir/command"
 # The last log_path in an options string wins.
 [ -n "${ASAN_OPTIONS:-}" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$dir/asan"
 [ -n "${UBSAN_OPTIONS:-}" ] && export UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$dir/ubsan"
