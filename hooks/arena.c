@@ -281,8 +281,8 @@ fail:
 }
 
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
-  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib || ckpt_g.exiting) return false;
-  if (__atomic_load_n(&ckpt_g.vmm_off, __ATOMIC_RELAXED)) return false;
+  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib) return false;
+  if (__atomic_load_n(&ckpt_g.tag_off, __ATOMIC_RELAXED)) return false;
   if (!__atomic_load_n(&ckpt_g.open, __ATOMIC_RELAXED)) return false; /* re-checked under the lock */
   CUcontext ctx = NULL;
   CUdevice dev = 0;
@@ -307,7 +307,7 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
         t = NULL;
         if (ckpt_cu_unsupported(cr)) {
           /* An old driver, or one without VMM: never ask again. */
-          __atomic_store_n(&ckpt_g.vmm_off, true, __ATOMIC_RELAXED);
+          __atomic_store_n(&ckpt_g.tag_off, true, __ATOMIC_RELAXED);
           CKPT_WARN_ONCE("this driver cannot create virtual memory (VMM) mappings (%s): libckpt is off, "
                          "every allocation passes through to the driver untagged",
                          ckpt_cu_name(cr));
@@ -315,9 +315,8 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
           CKPT_WARN_ONCE("out of device memory for a tagged mapping (%s): such allocations go to the driver untagged",
                          ckpt_cu_name(cr));
         } else {
-          ckpt_note_driver_error();
-          CKPT_WARN_ONCE("could not create a tagged mapping (%s): such allocations go to the driver untagged",
-                         ckpt_cu_name(cr));
+          CU_ERROR_ONCE("could not create a tagged mapping (%s): such allocations go to the driver untagged",
+                        ckpt_cu_name(cr));
         }
       }
     }

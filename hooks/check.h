@@ -30,6 +30,12 @@ void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line);
     if ((res) != CUDA_SUCCESS) goto label; \
   } while (0)
 
+/* A driver error libckpt works around: counted every time, said once per place. */
+#define CU_ERROR_ONCE(...) do { \
+    ckpt_note_driver_error(); \
+    CKPT_WARN_ONCE(__VA_ARGS__); \
+  } while (0)
+
 /* A failure that will not go away by retrying: the driver lacks the feature. */
 static inline int ckpt_cu_unsupported(CUresult r) {
   return r == CUDA_ERROR_NOT_SUPPORTED || r == CUDA_ERROR_NOT_PERMITTED || r == CUDA_ERROR_NOT_FOUND;

@@ -13,8 +13,7 @@ static void *libcuda;
 static CUresult load_result = CUDA_ERROR_NOT_FOUND;
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 
-
-CKPT_NO_SANITIZE CKPT_NO_SANITIZE dlsym_fn ckpt_real_dlsym_fn(void) {
+CKPT_NO_SANITIZE dlsym_fn ckpt_real_dlsym_fn(void) {
   static dlsym_fn real;
   dlsym_fn r = __atomic_load_n(&real, __ATOMIC_RELAXED);
   if (!r) {

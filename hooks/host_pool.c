@@ -28,9 +28,8 @@ static CUresult create_handle(size_t size, CUmemGenericAllocationHandle *h) {
     if (r == CUDA_ERROR_OUT_OF_MEMORY) return r;
     /* A driver without HOST locations says so; anything else is an error. */
     if (i == 0 && !ckpt_cu_unsupported(r) && r != CUDA_ERROR_INVALID_VALUE) {
-      ckpt_note_driver_error();
-      CKPT_WARN_ONCE("cuMemCreate of host memory failed (%s): trying CU_MEM_LOCATION_TYPE_HOST_NUMA",
-                     ckpt_cu_name(r));
+      CU_ERROR_ONCE("cuMemCreate of host memory failed (%s): trying CU_MEM_LOCATION_TYPE_HOST_NUMA",
+                    ckpt_cu_name(r));
     }
   }
   return r;

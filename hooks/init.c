@@ -65,11 +65,13 @@ static void at_exit(void) {
   if (ckpt_g.forked) return;
   LOCK();
   ckpt_g.exiting = true;
+  __atomic_store_n(&ckpt_g.tag_off, true, __ATOMIC_RELAXED);
   UNLOCK();
   bool stopped = ckpt_engine_stop();
   if (ckpt_g.tagging) release_at_exit(stopped);
   ckpt_observe_exit();
-  if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) && __atomic_load_n(&ckpt_g.hot.hooked_calls, __ATOMIC_RELAXED) + ckpt_g.stats.regions_opened > 0)
+  if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) &&
+      __atomic_load_n(&ckpt_g.hot.hooked_calls, __ATOMIC_RELAXED) + ckpt_g.stats.regions_opened > 0)
     print_summary();
 }
 

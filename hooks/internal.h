@@ -73,10 +73,10 @@ struct ckpt_global {
   pthread_cond_t changed;  /* engine finished a job */
   int mode;
   bool tagging;            /* decided once at init */
-  bool vmm_off;            /* the driver cannot create VMM mappings: no new tagging (atomic) */
+  bool tag_off;            /* no new tagged allocation: driver lacks VMM, or exit began (atomic) */
   bool host_off;           /* the driver cannot create pinned host memory (lock) */
   bool forked;             /* we are a fork()ed child: hands off */
-  bool exiting;            /* exit handler ran: no new tagging, offload or cache (lock) */
+  bool exiting;            /* exit handler ran: no new offload or cache entry (lock) */
   size_t min_bytes;
   int keep_last, prefetch;
   bool auto_offload;

@@ -130,9 +130,8 @@ static void engine_round(void) {
     /* An error here says nothing about the copies: wait for the copy stream
      * before anything rolls back (and frees) memory they may still touch. */
     if (rc_target != CUDA_SUCCESS) {
-      ckpt_note_driver_error();
-      CKPT_WARN_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy stream instead",
-                     ckpt_cu_name(rc_target));
+      CU_ERROR_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy stream instead",
+                    ckpt_cu_name(rc_target));
       if (DRV(cuStreamSynchronize, devs[target->device].copy) == CUDA_SUCCESS) rc_target = CUDA_SUCCESS;
     }
     LOCK();
@@ -316,8 +315,7 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
   CU_CHECK_GOTO(ckpt_fence(d->copy, first->device), r, fail_start_done);
   r = DRV(cuEventRecord, j->start, d->copy);
   if (r != CUDA_SUCCESS) { /* only the copy's timing is lost */
-    ckpt_note_driver_error();
-    CKPT_WARN_ONCE("cuEventRecord of a copy's start failed (%s): its copy time is not counted", ckpt_cu_name(r));
+    CU_ERROR_ONCE("cuEventRecord of a copy's start failed (%s): its copy time is not counted", ckpt_cu_name(r));
   }
   for (int i = 0; i < n; i++) {
     struct talloc *t = items[i];
@@ -325,20 +323,20 @@ static int start_copies(int kind, struct job *j, struct talloc **items, int n, C
     if (kind == JOB_TO_HOST) {
       CUresult hr;
       bool capped;
-      struct host_block *b = ckpt_g.host_off ? NULL : ckpt_host_get(t->device, t->size, &hr, &capped);
+      struct host_block *b = ckpt_host_get(t->device, t->size, &hr, &capped);
       if (!b) {
-        if (ckpt_g.host_off) continue;
         ckpt_g.stats.host_pool_exhausted++;
         if (capped) {
           CKPT_WARN_ONCE("host pool full (CKPT_HOST_MAX_BYTES=%llu): survivors stay on the device",
                          (unsigned long long)ckpt_param_host_max_bytes());
         } else if (ckpt_cu_unsupported(hr)) {
-          ckpt_g.host_off = true; /* the driver cannot: never ask again */
+          ckpt_g.host_off = true; /* the driver cannot: never ask again (offload_tree) */
           CKPT_WARN_ONCE("this driver cannot create pinned host memory for offload (%s): host offload is off, "
                          "activations stay on the device",
                          ckpt_cu_name(hr));
+          break; /* the rest of this job's survivors stay on the device too */
         } else {
-          if (hr != CUDA_ERROR_OUT_OF_MEMORY) ckpt_note_driver_error();
+          if (hr != CUDA_ERROR_OUT_OF_MEMORY) ckpt_note_driver_error(); /* out of memory is no driver error */
           CKPT_WARN_ONCE("cannot create pinned host memory (%s): survivors stay on the device until it can",
                          ckpt_cu_name(hr));
         }

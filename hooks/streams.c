@@ -190,8 +190,7 @@ bool ckpt_streams_release(void) {
 CUresult ckpt_event_query(CUevent e) {
   CUresult r = DRV(cuEventQuery, e);
   if (r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_READY) {
-    ckpt_note_driver_error();
-    CKPT_WARN_ONCE("cuEventQuery failed (%s): treated as not complete yet", ckpt_cu_name(r));
+    CU_ERROR_ONCE("cuEventQuery failed (%s): treated as not complete yet", ckpt_cu_name(r));
   }
   return r;
 }
