@@ -1,0 +1,57 @@
+/* Test control of the simulated NCCL (libnccl.so.2 built from tests/simdev/simnccl.c).
+ *
+ * A stand-in for NCCL between processes of the simulated device: each process
+ * has its own simulated driver, device memory is that process's host memory,
+ * and ranks exchange data through POSIX shared memory named from the unique id.
+ * Types and values are those of the real nccl.h (2.28). Exported:
+ *   ncclGetVersion, ncclGetUniqueId, ncclCommInitRank, ncclCommInitRankConfig
+ *   (blocking init only), ncclCommDestroy, ncclCommFinalize, ncclCommAbort,
+ *   ncclCommGetAsyncError, ncclGetErrorString, ncclGetLastError, ncclCommCount,
+ *   ncclCommUserRank, ncclCommCuDevice, ncclCommRegister, ncclCommDeregister,
+ *   ncclAllGather, ncclBroadcast, ncclBcast, ncclGroupStart, ncclGroupEnd.
+ *
+ * Configured from the environment on its first call:
+ *   SIMNCCL_TIMEOUT_MS   bound on every wait for peers: the bootstrap in
+ *                        ncclCommInitRank and each rendezvous of a collective
+ *                        (default 5000; 0 waits forever, as real NCCL does, but a
+ *                        dead, aborted or destroyed peer is still seen at once)
+ *   SIMNCCL_FAIL         what:rank:nth[,...]: fault injection. `what` is
+ *                        exit_in_allgather or exit_in_broadcast: the nth such
+ *                        collective (counted per process from 1) of the rank
+ *                        whose comm rank is `rank` ('*': any rank) calls
+ *                        _exit(SIMNCCL_EXIT_STATUS) from the stream worker after
+ *                        it has arrived at the collective and before it delivers
+ *                        its data, so its peers are left waiting mid-collective
+ *   SIMNCCL_DEBUG=1      log init, every collective and its rendezvous on stderr
+ * Nothing else is printed, except one "simnccl: ..." line per error (bootstrap
+ * timeout naming the missing ranks, mismatched collectives with both sides'
+ * values, a dead or failed peer, a bad argument) and one line per SIMNCCL_*
+ * variable that cannot be parsed.
+ *
+ * The functions below change the same settings at run time (a forked child
+ * inherits what its parent set). All are thread-safe. */
+#ifndef SIMNCCL_H
+#define SIMNCCL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SIMNCCL_EXIT_STATUS 86 /* the status of a rank killed by SIMNCCL_FAIL */
+
+void simnccl_set_timeout_ms(unsigned ms);
+/* Adds rules in SIMNCCL_FAIL's syntax; returns 0, or -1 for a spec that does
+ * not parse (nothing is added then). */
+int simnccl_fail(const char *spec);
+void simnccl_fail_clear(void);
+/* Collectives this process has enqueued whose stream work has not finished. */
+unsigned long simnccl_outstanding(void);
+/* The prefix of the shared-memory names (under /dev/shm, without the leading
+ * '/') that communicators of `id` use, so a test can check none is left. */
+int simnccl_shm_prefix(const void *unique_id, char *buf, unsigned long len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
