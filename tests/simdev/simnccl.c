@@ -53,9 +53,18 @@
  *    simulated driver, on the communicator's device; and a send buffer that
  *    overlaps the receive buffer anywhere but the in-place position is refused;
  *  - ncclCommInitRank inside a group is refused (real NCCL defers it).
- * Not modelled: reductions, send/recv, split, nonblocking communicators
- * (ncclCommInitRankConfig with blocking=0 initialises blocking and returns
- * ncclSuccess, which NCCL allows), registered buffers beyond the handle. */
+ * Not modelled: reductions, send/recv, split, windows, ncclMemAlloc (all
+ * exported, so torch's libtorch_cuda.so loads against this library, and all
+ * refusing with ncclInvalidUsage and a line on stderr); nonblocking
+ * communicators (ncclCommInitRankConfig with blocking=0 initialises blocking
+ * and returns ncclSuccess, which NCCL allows); registered buffers are only
+ * handles (nothing notices if a registered range is remapped).
+ *
+ * Finding it: LD_LIBRARY_PATH is enough for a program that does not load the
+ * real NCCL. A process that already has it (torch's libtorch_cuda.so needs
+ * libnccl.so.2, found through its RPATH or ld.so.cache) gets that one again
+ * from dlopen("libnccl.so.2"), because a name without a slash matches a loaded
+ * soname; dlopen of this file's full path loads this library beside it. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -154,7 +163,8 @@ struct ncclComm {
     _Atomic int error;
     _Atomic int aborted;
     _Atomic int reported;
-    struct sn_reg *regs; /* under lock */
+    struct sn_reg *regs;     /* under lock */
+    struct sn_op *pending;   /* under lock: launched, stream work not finished */
     struct ncclComm *next_live;
 };
 
@@ -175,7 +185,8 @@ struct sn_op {
     bool failed;
     bool enqueued_all;
     _Atomic int refs;
-    struct sn_op *next; /* group list */
+    struct sn_op *next;         /* group list */
+    struct sn_op *next_pending; /* comm->pending */
 };
 
 /* ---- configuration ---- */
@@ -361,6 +372,7 @@ static struct {
     CUresult (*memcpy_async)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
     CUresult (*pointer_get_attribute)(void *, CUpointer_attribute, CUdeviceptr);
     CUresult (*ctx_get_device)(CUdevice *);
+    CUresult (*stream_query)(CUstream);
     bool ok;
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
@@ -387,9 +399,12 @@ static void drv_init(void)
     drv.memcpy_async = drv_sym(h, gpa, "cuMemcpyAsync");
     drv.pointer_get_attribute = drv_sym(h, gpa, "cuPointerGetAttribute");
     drv.ctx_get_device = drv_sym(h, gpa, "cuCtxGetDevice");
-    drv.ok = drv.launch_host_func && drv.memcpy_async && drv.pointer_get_attribute && drv.ctx_get_device;
+    drv.stream_query = drv_sym(h, gpa, "cuStreamQuery");
+    drv.ok = drv.launch_host_func && drv.memcpy_async && drv.pointer_get_attribute && drv.ctx_get_device &&
+             drv.stream_query;
     if (!drv.ok)
-        say("simnccl: libcuda.so.1 lacks cuLaunchHostFunc, cuMemcpyAsync, cuPointerGetAttribute or cuCtxGetDevice");
+        say("simnccl: libcuda.so.1 lacks one of cuLaunchHostFunc, cuMemcpyAsync, cuPointerGetAttribute, "
+            "cuCtxGetDevice, cuStreamQuery");
 }
 
 static bool drv_ready(void)
@@ -664,7 +679,10 @@ static ncclResult_t map_stage(struct sn_op *op)
     char name[96];
     stage_name(c, op->seq, name, sizeof name);
     int fd = shm_open(name, O_CREAT | O_RDWR, 0600);
-    if (fd < 0 || ftruncate(fd, (off_t)op->stage_bytes) != 0) {
+    /* Reserve the pages now: a full /dev/shm is an error here, not a SIGBUS in a copy. */
+    int e = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)op->stage_bytes);
+    if (fd < 0 || e != 0) {
+        errno = e;
         say("simnccl: rank %d: cannot create staging buffer %s (%zu bytes): %s", c->rank, name, op->stage_bytes,
             strerror(errno));
         if (fd >= 0)
@@ -758,13 +776,27 @@ out:
     op_unref(op);
 }
 
+/* The op's stream work is over (or will never run): under c->lock. */
+static void op_retire_locked(struct sn_op *op)
+{
+    struct ncclComm *c = op->comm;
+    for (struct sn_op **pp = &c->pending; *pp; pp = &(*pp)->next_pending)
+        if (*pp == op) {
+            *pp = op->next_pending;
+            break;
+        }
+    atomic_fetch_add(&c->finished, 1);
+    atomic_fetch_sub(&outstanding, 1);
+}
+
 static void h3_done(void *arg)
 {
     struct sn_op *op = arg;
     struct ncclComm *c = op->comm;
     atomic_store(&c->ctl->slot[op->seq % SN_SLOTS][c->rank].done_seq, op->seq);
-    atomic_fetch_add(&c->finished, 1);
-    atomic_fetch_sub(&outstanding, 1);
+    pthread_mutex_lock(&c->lock);
+    op_retire_locked(op);
+    pthread_mutex_unlock(&c->lock);
     op_unref(op);
 }
 
@@ -784,6 +816,8 @@ static ncclResult_t op_launch(struct sn_op *op)
     pthread_mutex_lock(&c->lock);
     op->seq = ++c->issued;
     atomic_fetch_add(&outstanding, 1);
+    op->next_pending = c->pending;
+    c->pending = op;
     op->nth = atomic_fetch_add(&kind_count[op->kind], 1) + 1;
     if (op->bytes) {
         op->stage_bytes = op->kind == SN_ALLGATHER ? op->bytes * (size_t)c->nranks : op->bytes;
@@ -842,15 +876,13 @@ enq_fail:
     /* Part of the work is queued; its host functions see the failure. H3
      * never runs, so account for it here. */
     comm_fail(c, res);
-    atomic_fetch_sub(&outstanding, 1);
-    atomic_fetch_add(&c->finished, 1);
+    op_retire_locked(op);
     pthread_mutex_unlock(&c->lock);
     op_unref(op);
     return res;
 fail:
     comm_fail(c, res);
-    atomic_fetch_sub(&outstanding, 1);
-    atomic_fetch_add(&c->finished, 1);
+    op_retire_locked(op);
     pthread_mutex_unlock(&c->lock);
     if (op->stage)
         munmap(op->stage, op->stage_len);
@@ -973,13 +1005,13 @@ EXPORT const char *ncclGetErrorString(ncclResult_t result)
 {
     switch (result) {
     case ncclSuccess: return "no error";
-    case ncclUnhandledCudaError: return "unhandled cuda error (run with NCCL_DEBUG=INFO for details)";
-    case ncclSystemError: return "unhandled system error (run with NCCL_DEBUG=INFO for details)";
-    case ncclInternalError: return "internal error - please report this issue to the NCCL developers";
-    case ncclInvalidArgument: return "invalid argument (run with NCCL_DEBUG=WARN for details)";
-    case ncclInvalidUsage: return "invalid usage (run with NCCL_DEBUG=WARN for details)";
-    case ncclRemoteError: return "remote process exited or there was a network error";
-    case ncclInProgress: return "NCCL operation in progress";
+    case ncclUnhandledCudaError: return "a CUDA call failed (simnccl printed which on stderr)";
+    case ncclSystemError: return "a system call failed or a wait for peers timed out (see stderr)";
+    case ncclInternalError: return "internal error of simnccl";
+    case ncclInvalidArgument: return "invalid argument (simnccl printed which on stderr)";
+    case ncclInvalidUsage: return "invalid usage: a mismatched collective, or a call simnccl does not model (see stderr)";
+    case ncclRemoteError: return "a peer rank exited, aborted, left or failed";
+    case ncclInProgress: return "operation in progress";
     default: return "unknown result code";
     }
 }
@@ -1182,10 +1214,31 @@ EXPORT ncclResult_t ncclCommDestroy(ncclComm_t comm)
     unsigned tmo = atomic_load(&cfg_timeout_ms);
     uint64_t deadline = tmo ? now_ns() + 2ull * tmo * 1000000ull : UINT64_MAX;
     uint64_t issued;
+    ncclResult_t res = ncclSuccess;
     pthread_mutex_lock(&comm->lock);
     issued = comm->issued;
     pthread_mutex_unlock(&comm->lock);
     while (atomic_load(&comm->finished) < issued) {
+        /* A stream whose context has faulted runs nothing more: its
+         * collectives will never finish. The driver says so at once. */
+        CUresult cr = CUDA_SUCCESS;
+        uint64_t seq = 0;
+        pthread_mutex_lock(&comm->lock);
+        for (struct sn_op *op = comm->pending; op && cr == CUDA_SUCCESS; op = op->next_pending) {
+            CUresult q = drv.stream_query(op->stream);
+            if (q != CUDA_SUCCESS && q != CUDA_ERROR_NOT_READY) {
+                cr = q;
+                seq = op->seq;
+            }
+        }
+        pthread_mutex_unlock(&comm->lock);
+        if (cr != CUDA_SUCCESS) {
+            say("simnccl: ncclCommDestroy: rank %d: the stream of collective #%" PRIu64 " failed with CUDA error %d; "
+                "destroying without waiting",
+                comm->rank, seq, (int)cr);
+            res = ncclUnhandledCudaError;
+            break;
+        }
         if (now_ns() >= deadline) {
             say("simnccl: ncclCommDestroy: rank %d: %" PRIu64 " collective(s) still queued on their streams after %u ms; "
                 "destroying anyway",
@@ -1198,7 +1251,7 @@ EXPORT ncclResult_t ncclCommDestroy(ncclComm_t comm)
     atomic_compare_exchange_strong(&comm->ctl->rank[comm->rank].state, &st, SN_DESTROYED);
     LOG("simnccl: rank %d: communicator %s destroyed", comm->rank, comm->name);
     comm_unref(comm);
-    return ncclSuccess;
+    return res;
 }
 
 EXPORT ncclResult_t ncclCommAbort(ncclComm_t comm)
@@ -1374,3 +1427,60 @@ EXPORT ncclResult_t ncclGroupEnd(void)
     }
     return first;
 }
+
+/* ---- the rest of the API torch links against: present, so a program that
+ * links them loads, and refusing, loudly, if called ---- */
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+
+static ncclResult_t unsupported(const char *fn)
+{
+    say("simnccl: %s is not simulated (tests/simdev/simnccl.c models all-gather and broadcast only)", fn);
+    return ncclInvalidUsage;
+}
+
+#define UNSUPPORTED return unsupported(__func__)
+
+EXPORT ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
+                                  ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclReduce(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
+                               ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclReduceScatter(const void *sendbuff, void *recvbuff, size_t recvcount, ncclDataType_t datatype,
+                                      ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclAlltoAll(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype,
+                                 ncclComm_t comm, cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclGather(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, int root,
+                               ncclComm_t comm, cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclScatter(const void *sendbuff, void *recvbuff, size_t count, ncclDataType_t datatype, int root,
+                                ncclComm_t comm, cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
+                             cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int peer, ncclComm_t comm,
+                             cudaStream_t stream) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclCommInitAll(ncclComm_t *comm, int ndev, const int *devlist) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclCommInitRankScalable(ncclComm_t *newcomm, int nranks, int myrank, int nId,
+                                             ncclUniqueId *commIds, ncclConfig_t *config) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t *newcomm, ncclConfig_t *config)
+{
+    UNSUPPORTED;
+}
+EXPORT ncclResult_t ncclCommShrink(ncclComm_t comm, int *excludeRanksList, int excludeRanksCount, ncclComm_t *newcomm,
+                                   ncclConfig_t *config, int shrinkFlags) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclCommWindowRegister(ncclComm_t comm, void *buff, size_t size, ncclWindow_t *win, int winFlags)
+{
+    UNSUPPORTED;
+}
+EXPORT ncclResult_t ncclCommWindowDeregister(ncclComm_t comm, ncclWindow_t win) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t *simInfo) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclMemAlloc(void **ptr, size_t size) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclMemFree(void *ptr) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t *op, void *scalar, ncclDataType_t datatype,
+                                             ncclScalarResidence_t residence, ncclComm_t comm) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) { UNSUPPORTED; }
+/* Device-side API (nccl_device.h, not in nccl.h): declared loosely, refused. */
+EXPORT ncclResult_t ncclDevCommCreate(void) { UNSUPPORTED; }
+EXPORT ncclResult_t ncclDevCommDestroy(void) { UNSUPPORTED; }
+
+#pragma GCC diagnostic pop
