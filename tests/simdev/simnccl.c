@@ -60,11 +60,16 @@
  * and returns ncclSuccess, which NCCL allows); registered buffers are only
  * handles (nothing notices if a registered range is remapped).
  *
- * Finding it: LD_LIBRARY_PATH is enough for a program that does not load the
- * real NCCL. A process that already has it (torch's libtorch_cuda.so needs
- * libnccl.so.2, found through its RPATH or ld.so.cache) gets that one again
- * from dlopen("libnccl.so.2"), because a name without a slash matches a loaded
- * soname; dlopen of this file's full path loads this library beside it. */
+ * Finding it: dlopen("libnccl.so.2") returns whatever libnccl.so.2 the process
+ * already has, since a name without a slash matches a loaded soname. torch's
+ * libtorch_cuda.so needs libnccl.so.2 and looks in its RPATH
+ * ($ORIGIN/../../nvidia/nccl/lib) before LD_LIBRARY_PATH, then ld.so.cache
+ * after it. Where that RPATH directory is absent (this machine's torch
+ * 2.11+cu130: measured, `import torch` under LD_LIBRARY_PATH=<simdev dir>
+ * maps this library and torch.cuda.nccl.version() reads 2.28.9 from it),
+ * LD_LIBRARY_PATH is enough; where it exists, torch loads the real NCCL first
+ * and only dlopen of this file's full path (e.g. CKPT_NCCL_LIBRARY) loads the
+ * double, beside it. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -216,30 +221,47 @@ static char last_error[512];
 static __thread int group_depth;
 static __thread struct sn_op *group_head, *group_tail;
 
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
+/* One line on stderr; an error (not a debug line) is also ncclGetLastError's. */
+static void vsay(bool error, const char *fmt, va_list ap)
 {
     char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
-    va_end(ap);
     if (n < 0)
         return;
     if ((size_t)n > sizeof buf - 2)
         n = sizeof buf - 2;
-    pthread_mutex_lock(&last_error_lock);
-    memcpy(last_error, buf, (size_t)n + 1);
-    pthread_mutex_unlock(&last_error_lock);
+    if (error) {
+        pthread_mutex_lock(&last_error_lock);
+        memcpy(last_error, buf, (size_t)n + 1);
+        pthread_mutex_unlock(&last_error_lock);
+    }
     buf[n] = '\n';
     ssize_t w = write(2, buf, (size_t)n + 1);
     (void)w;
 }
 
-#define LOG(...)               \
-    do {                       \
-        if (cfg_debug)         \
-            say(__VA_ARGS__);  \
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsay(true, fmt, ap);
+    va_end(ap);
+}
+
+static void debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void debug(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsay(false, fmt, ap);
+    va_end(ap);
+}
+
+#define LOG(...)                \
+    do {                        \
+        if (cfg_debug)          \
+            debug(__VA_ARGS__); \
     } while (0)
 
 static uint64_t now_ns(void)
@@ -732,11 +754,15 @@ static void h1_arrive(void *arg)
         const struct sn_meta *m = &c->ctl->slot[op->seq % SN_SLOTS][q].meta;
         if (m->kind != (int)op->kind || m->dtype != (int)op->dtype || m->count != op->count ||
             (op->kind == SN_BROADCAST && m->root != op->root)) {
-            say("simnccl: rank %d: collective #%" PRIu64 " mismatch: this rank called %s(count=%zu, datatype=%s, "
-                "root=%d) but rank %d called %s(count=%" PRIu64 ", datatype=%s, root=%d)",
-                c->rank, op->seq, kind_name(op->kind), op->count, dtype_name(op->dtype),
-                op->kind == SN_BROADCAST ? op->root : -1, q, kind_name(m->kind), m->count, dtype_name(m->dtype),
-                m->kind == SN_BROADCAST ? m->root : -1);
+            char mine_root[24] = "", its_root[24] = "";
+            if (op->kind == SN_BROADCAST)
+                snprintf(mine_root, sizeof mine_root, ", root=%d", op->root);
+            if (m->kind == SN_BROADCAST)
+                snprintf(its_root, sizeof its_root, ", root=%d", (int)m->root);
+            say("simnccl: rank %d: collective #%" PRIu64 " mismatch: this rank called %s(count=%zu, datatype=%s%s) "
+                "but rank %d called %s(count=%" PRIu64 ", datatype=%s%s)",
+                c->rank, op->seq, kind_name(op->kind), op->count, dtype_name(op->dtype), mine_root, q,
+                kind_name(m->kind), m->count, dtype_name(m->dtype), its_root);
             op_fail(op, ncclInvalidUsage);
             goto out;
         }

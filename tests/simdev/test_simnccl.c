@@ -685,3 +685,35 @@ Test(simnccl, arguments, .timeout = 30)
     struct job j = {.nranks = 1, .skip_rank = -1, .bound_s = 10};
     run(&j, args_rank, NULL, NULL);
 }
+
+/* ---- SIMNCCL_FAIL from the environment: the broadcast root dies ---- */
+
+static void root_dies_rank(int rank, int nranks, ncclUniqueId id, void *arg)
+{
+    (void)arg;
+    ncclComm_t c = init(rank, nranks, id);
+    CUstream s = new_stream();
+    unsigned char *buf = dev_alloc(4096);
+    if (rank == 1)
+        capture_begin();
+    NC(ncclBroadcast(buf, buf, 4096, ncclUint8, 0, c, s));
+    CU(cuStreamSynchronize(s)); /* rank 0 exits in here */
+    char *err = capture_end();
+    ncclResult_t ae;
+    NC(ncclCommGetAsyncError(c, &ae));
+    REQ(ae == ncclRemoteError, "async error %d", ae);
+    REQ_HAS(err, "rank 0 (pid");
+    REQ(strstr(ncclGetLastError(c), "rank 0 (pid"), "ncclGetLastError: %s", ncclGetLastError(c));
+    NC(ncclCommAbort(c));
+}
+
+Test(simnccl, fail_from_environment, .timeout = 30)
+{
+    /* Read on this process's first simnccl call; the children inherit it. */
+    setenv("SIMNCCL_FAIL", "exit_in_broadcast:0:1", 1);
+    setenv("SIMNCCL_TIMEOUT_MS", "3000", 1);
+    struct job j = {.nranks = 2, .skip_rank = -1, .bound_s = 10, .expect = {SIMNCCL_EXIT_STATUS, 0}};
+    ncclUniqueId id;
+    run(&j, root_dies_rank, NULL, &id);
+    expect_no_leftovers(&id);
+}
