@@ -25,7 +25,8 @@
  *   H1 host function: wait for the slot, publish (kind, count, datatype, root),
  *      wait for every rank's, compare them, map the staging buffer
  *   C1 copy sendbuff -> staging[rank]        (a stream copy: faults as a kernel would)
- *   H2 host function: publish "deposited", wait for the others' deposits
+ *   H2 host function: publish "deposited", wait for every rank's (a broadcast
+ *      too: all ranks take part, as in NCCL's ring)
  *   C2 copy staging -> recvbuff
  *   H3 host function: publish "done" (frees the slot), unmap, release
  * so a caller who does not wait on the stream sees stale data, and a stream
@@ -584,8 +585,10 @@ static bool peer_ready(const struct sn_op *op, int q, enum sn_wait what)
     case SN_WAIT_META:
         return atomic_load(&ps->meta_seq) == op->seq;
     case SN_WAIT_DEPOSIT:
-        if (op->kind == SN_BROADCAST && q != op->root)
-            return true;
+        /* A broadcast needs only the root's data but waits for every rank's
+         * "deposited" (made after it mapped the staging buffer): every rank
+         * takes part, so a rank dying mid-collective fails the others (it would
+         * break NCCL's ring), and the last mapper has unlinked the buffer. */
         return atomic_load(&ps->dep_seq) == op->seq;
     }
     return true;
@@ -784,8 +787,8 @@ static void h2_deposit(void *arg)
     if (op->failed)
         goto out;
     if (injected_exit(op->kind, c->rank, op->nth)) {
-        say("simnccl: rank %d: SIMNCCL_FAIL: exiting in %s #%" PRIu64 " (the %luth of this process)", c->rank,
-            kind_name(op->kind), op->seq, op->nth);
+        say("simnccl: rank %d: SIMNCCL_FAIL: exiting in %s #%" PRIu64 " (number %lu of its kind in this process)",
+            c->rank, kind_name(op->kind), op->seq, op->nth);
         _exit(SIMNCCL_EXIT_STATUS);
     }
     if (atomic_load(&c->aborted)) {

@@ -717,3 +717,32 @@ Test(simnccl, fail_from_environment, .timeout = 30)
     run(&j, root_dies_rank, NULL, &id);
     expect_no_leftovers(&id);
 }
+
+/* ---- a non-root rank exits in a broadcast: the others fail too ---- */
+
+static void nonroot_dies_rank(int rank, int nranks, ncclUniqueId id, void *arg)
+{
+    (void)arg;
+    ncclComm_t c = init(rank, nranks, id);
+    CUstream s = new_stream();
+    unsigned char *buf = dev_alloc(4096);
+    if (rank != 2)
+        capture_begin();
+    NC(ncclBroadcast(buf, buf, 4096, ncclUint8, 0, c, s));
+    CU(cuStreamSynchronize(s)); /* rank 2 exits in here */
+    char *err = capture_end();
+    ncclResult_t ae;
+    NC(ncclCommGetAsyncError(c, &ae));
+    REQ(ae == ncclRemoteError, "async error %d", ae);
+    REQ_HAS(err, "rank 2 (pid");
+    NC(ncclCommAbort(c));
+}
+
+Test(simnccl, broadcast_nonroot_exits, .timeout = 30)
+{
+    cr_assert_eq(simnccl_fail("exit_in_broadcast:2:1"), 0);
+    struct job j = {.nranks = 3, .skip_rank = -1, .bound_s = 10, .expect = {0, 0, SIMNCCL_EXIT_STATUS}};
+    ncclUniqueId id;
+    run(&j, nonroot_dies_rank, NULL, &id);
+    expect_no_leftovers(&id);
+}
