@@ -746,3 +746,62 @@ Test(simnccl, broadcast_nonroot_exits, .timeout = 30)
     run(&j, nonroot_dies_rank, NULL, &id);
     expect_no_leftovers(&id);
 }
+
+/* ---- ranks as threads of one process ---- */
+
+#include <pthread.h>
+
+struct thread_rank {
+    int rank, nranks;
+    ncclUniqueId id;
+    CUcontext ctx;
+    int ok;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_rank *t = arg;
+    ncclComm_t c;
+    CUstream s;
+    if (cuCtxSetCurrent(t->ctx) != CUDA_SUCCESS || ncclCommInitRank(&c, t->nranks, t->id, t->rank) != ncclSuccess ||
+        cuStreamCreate(&s, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS)
+        return NULL;
+    size_t count = 5000;
+    unsigned char *recv = dev_alloc(count * (size_t)t->nranks);
+    for (size_t i = 0; i < count; i++)
+        recv[(size_t)t->rank * count + i] = pat(t->rank, i, 11);
+    if (ncclAllGather(recv + (size_t)t->rank * count, recv, count, ncclUint8, c, s) != ncclSuccess ||
+        cuStreamSynchronize(s) != CUDA_SUCCESS)
+        return NULL;
+    for (int q = 0; q < t->nranks; q++)
+        for (size_t i = 0; i < count; i++)
+            if (recv[(size_t)q * count + i] != pat(q, i, 11))
+                return NULL;
+    t->ok = ncclCommDestroy(c) == ncclSuccess;
+    return NULL;
+}
+
+static void threads_rank(int rank, int nranks, ncclUniqueId id, void *arg)
+{
+    (void)rank;
+    (void)nranks;
+    (void)arg;
+    struct thread_rank t[3];
+    pthread_t th[3];
+    CUcontext ctx;
+    CU(cuCtxGetCurrent(&ctx));
+    for (int r = 0; r < 3; r++) {
+        t[r] = (struct thread_rank){.rank = r, .nranks = 3, .id = id, .ctx = ctx};
+        REQ(pthread_create(&th[r], NULL, thread_main, &t[r]) == 0, "pthread_create");
+    }
+    for (int r = 0; r < 3; r++) {
+        pthread_join(th[r], NULL);
+        REQ(t[r].ok, "thread rank %d failed", r);
+    }
+}
+
+Test(simnccl, ranks_as_threads, .timeout = 30)
+{
+    struct job j = {.nranks = 1, .skip_rank = -1, .bound_s = 10};
+    run(&j, threads_rank, NULL, NULL);
+}
