@@ -128,6 +128,10 @@ struct sn_rank {
     _Atomic int32_t pid;
     _Atomic int32_t error;
     int32_t pad;
+    _Atomic uint64_t fail_seq; /* its lowest failed collective, 0: none */
+    _Atomic int32_t reason_claimed;
+    _Atomic int32_t reason_ready;
+    char reason[256]; /* the line it printed when it first failed */
 };
 
 struct sn_ctl {
@@ -219,6 +223,7 @@ static struct ncclComm *live_comms;
 static pthread_mutex_t last_error_lock = PTHREAD_MUTEX_INITIALIZER;
 static char last_error[512];
 
+static __thread char thread_last[256]; /* this thread's last error line */
 static __thread int group_depth;
 static __thread struct sn_op *group_head, *group_tail;
 
@@ -232,6 +237,8 @@ static void vsay(bool error, const char *fmt, va_list ap)
     if ((size_t)n > sizeof buf - 2)
         n = sizeof buf - 2;
     if (error) {
+        memcpy(thread_last, buf, (size_t)n + 1 < sizeof thread_last ? (size_t)n + 1 : sizeof thread_last);
+        thread_last[sizeof thread_last - 1] = '\0';
         pthread_mutex_lock(&last_error_lock);
         memcpy(last_error, buf, (size_t)n + 1);
         pthread_mutex_unlock(&last_error_lock);
@@ -477,10 +484,13 @@ static const char *state_name(int s)
 
 static size_t page_size(void)
 {
-    static size_t pg;
-    if (!pg)
-        pg = (size_t)sysconf(_SC_PAGESIZE);
-    return pg;
+    static _Atomic size_t pg;
+    size_t v = atomic_load_explicit(&pg, memory_order_relaxed);
+    if (!v) {
+        v = (size_t)sysconf(_SC_PAGESIZE);
+        atomic_store_explicit(&pg, v, memory_order_relaxed);
+    }
+    return v;
 }
 
 static void ctl_name(const struct sn_id *id, char *out, size_t n)
@@ -632,9 +642,22 @@ static ncclResult_t wait_peers(struct sn_op *op, enum sn_wait what)
         if (atomic_load(&c->error) != ncclSuccess)
             return (ncclResult_t)atomic_load(&c->error);
         for (int q = 0; q < c->nranks; q++) {
-            if (!missing[q] || q == c->rank)
+            if (q == c->rank)
                 continue;
             int st = atomic_load(&c->ctl->rank[q].state);
+            uint64_t fs = atomic_load(&c->ctl->rank[q].fail_seq);
+            if ((st == SN_FAILED || st == SN_ABORTED) && fs && fs <= op->seq) {
+                /* It arrived, maybe, but it will not finish this collective. */
+                const struct sn_rank *qr = &c->ctl->rank[q];
+                say("simnccl: rank %d: %s #%" PRIu64 " failed: rank %d %s (its collective #%" PRIu64
+                    " failed%s%s%s) while this rank waited %s",
+                    c->rank, kind_name(op->kind), op->seq, q, state_name(st), fs,
+                    atomic_load(&qr->reason_ready) ? ": \"" : "", atomic_load(&qr->reason_ready) ? qr->reason : "",
+                    atomic_load(&qr->reason_ready) ? "\"" : "", wait_name(what));
+                return ncclRemoteError;
+            }
+            if (!missing[q])
+                continue;
             bool dead = st == SN_JOINED && (iter % 4 == 0) && !peer_alive(c, q);
             if (st != SN_JOINED || dead) {
                 if (dead)
@@ -690,8 +713,23 @@ static void poison(struct sn_op *op)
 
 static void op_fail(struct sn_op *op, ncclResult_t code)
 {
+    bool said = thread_last[0] != '\0'; /* this host function printed why */
     op->failed = true;
     comm_fail(op->comm, code);
+    /* Peers past the point of waiting for this rank see it from here, and
+     * repeat its first reason, so every rank's log names the cause. */
+    struct sn_rank *me = &op->comm->ctl->rank[op->comm->rank];
+    if (said && atomic_exchange(&me->reason_claimed, 1) == 0) {
+        const char *r = thread_last;
+        if (!strncmp(r, "simnccl: ", 9))
+            r += 9;
+        snprintf(me->reason, sizeof me->reason, "%s", r);
+        atomic_store(&me->reason_ready, 1);
+    }
+    _Atomic uint64_t *fs = &me->fail_seq;
+    uint64_t cur = atomic_load(fs);
+    while ((cur == 0 || cur > op->seq) && !atomic_compare_exchange_weak(fs, &cur, op->seq))
+        ;
     poison(op);
     char name[96];
     stage_name(op->comm, op->seq, name, sizeof name);
@@ -733,6 +771,7 @@ static ncclResult_t map_stage(struct sn_op *op)
 static void h1_arrive(void *arg)
 {
     struct sn_op *op = arg;
+    thread_last[0] = '\0';
     struct ncclComm *c = op->comm;
     struct sn_peer_slot *mine = &c->ctl->slot[op->seq % SN_SLOTS][c->rank];
     ncclResult_t rc;
@@ -783,6 +822,7 @@ out:
 static void h2_deposit(void *arg)
 {
     struct sn_op *op = arg;
+    thread_last[0] = '\0';
     struct ncclComm *c = op->comm;
     if (op->failed)
         goto out;

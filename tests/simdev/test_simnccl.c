@@ -512,17 +512,33 @@ static void abort_rank(int rank, int nranks, ncclUniqueId id, void *arg)
 {
     (void)arg;
     ncclComm_t c = init(rank, nranks, id);
-    if (rank == 1) {
+    if (rank == 2) {
         usleep(1500000); /* never joins the collective; alive throughout */
         NC(ncclCommDestroy(c));
         return;
     }
     CUstream s = new_stream();
     unsigned char *recv = dev_alloc(128 * (size_t)nranks);
-    NC(ncclAllGather(recv, recv, 128, ncclUint8, c, s));
+    double t0 = now_ms();
+    if (rank == 1)
+        capture_begin();
+    NC(ncclAllGather(recv + (size_t)rank * 128, recv, 128, ncclUint8, c, s));
+    if (rank == 1) {
+        /* Rank 0 arrived, then aborts: this rank must not wait for rank 2 any longer. */
+        CU(cuStreamSynchronize(s));
+        double ms = now_ms() - t0;
+        char *err = capture_end();
+        ncclResult_t ae;
+        NC(ncclCommGetAsyncError(c, &ae));
+        REQ(ae == ncclRemoteError, "async error %d", ae);
+        REQ(ms < 1200, "the peer's abort took %.0f ms to show", ms);
+        REQ_HAS(err, "rank 0 aborted its communicator");
+        NC(ncclCommAbort(c));
+        return;
+    }
     usleep(200000);
     REQ(cuStreamQuery(s) == CUDA_ERROR_NOT_READY, "the collective finished without its peer");
-    double t0 = now_ms();
+    t0 = now_ms();
     NC(ncclCommAbort(c));
     double abort_ms = now_ms() - t0;
     CU(cuStreamSynchronize(s));
@@ -537,7 +553,7 @@ static void abort_rank(int rank, int nranks, ncclUniqueId id, void *arg)
 Test(simnccl, abort_unblocks, .timeout = 30)
 {
     simnccl_set_timeout_ms(20000);
-    struct job j = {.nranks = 2, .skip_rank = -1, .bound_s = 10};
+    struct job j = {.nranks = 3, .skip_rank = -1, .bound_s = 10};
     ncclUniqueId id;
     run(&j, abort_rank, NULL, &id);
     expect_no_leftovers(&id);
