@@ -201,7 +201,10 @@ struct sn_op {
 
 /* ---- configuration ---- */
 
+enum sn_action { SN_EXIT = 1, SN_CORRUPT = 2 };
+
 struct sn_rule {
+    enum sn_action action;
     enum sn_kind kind;
     int rank; /* -1: any */
     unsigned long nth;
@@ -301,9 +304,19 @@ static int parse_rules(const char *spec, struct sn_rule *out, int max)
             return -1;
         *c1 = *c2 = '\0';
         struct sn_rule r;
-        if (!strcmp(tok, "exit_in_allgather"))
+        const char *what = tok;
+        if (!strncmp(what, "exit_in_", 8)) {
+            r.action = SN_EXIT;
+            what += 8;
+        } else if (!strncmp(what, "corrupt_in_", 11)) {
+            r.action = SN_CORRUPT;
+            what += 11;
+        } else {
+            return -1;
+        }
+        if (!strcmp(what, "allgather"))
             r.kind = SN_ALLGATHER;
-        else if (!strcmp(tok, "exit_in_broadcast"))
+        else if (!strcmp(what, "broadcast"))
             r.kind = SN_BROADCAST;
         else
             return -1;
@@ -342,7 +355,8 @@ static void cfg_init(void)
     v = getenv("SIMNCCL_FAIL");
     if (v && *v && simnccl_fail(v) != 0)
         say("simnccl: SIMNCCL_FAIL=%s does not parse (what:rank:nth[,...], what = exit_in_allgather | "
-            "exit_in_broadcast, rank a number or '*', nth >= 1); ignored", v);
+            "exit_in_broadcast | corrupt_in_allgather | corrupt_in_broadcast, rank a number or '*', nth >= 1); "
+            "ignored", v);
 }
 
 static void cfg(void)
@@ -383,12 +397,13 @@ EXPORT unsigned long simnccl_outstanding(void)
     return atomic_load(&outstanding);
 }
 
-static bool injected_exit(enum sn_kind kind, int rank, unsigned long nth)
+static bool injected(enum sn_action action, enum sn_kind kind, int rank, unsigned long nth)
 {
     bool hit = false;
     pthread_mutex_lock(&rules_lock);
     for (int i = 0; i < nrules; i++)
-        if (rules[i].kind == kind && (rules[i].rank < 0 || rules[i].rank == rank) && rules[i].nth == nth)
+        if (rules[i].action == action && rules[i].kind == kind && (rules[i].rank < 0 || rules[i].rank == rank) &&
+            rules[i].nth == nth)
             hit = true;
     pthread_mutex_unlock(&rules_lock);
     return hit;
@@ -826,10 +841,18 @@ static void h2_deposit(void *arg)
     struct ncclComm *c = op->comm;
     if (op->failed)
         goto out;
-    if (injected_exit(op->kind, c->rank, op->nth)) {
+    if (injected(SN_EXIT, op->kind, c->rank, op->nth)) {
         say("simnccl: rank %d: SIMNCCL_FAIL: exiting in %s #%" PRIu64 " (number %lu of its kind in this process)",
             c->rank, kind_name(op->kind), op->seq, op->nth);
         _exit(SIMNCCL_EXIT_STATUS);
+    }
+    bool contributes = op->kind == SN_ALLGATHER || c->rank == op->root;
+    if (op->stage && contributes && injected(SN_CORRUPT, op->kind, c->rank, op->nth)) {
+        /* Silent, as a bit flip on the wire would be: only the data shows it. */
+        size_t off = op->kind == SN_ALLGATHER ? (size_t)c->rank * op->bytes : 0;
+        ((unsigned char *)op->stage)[off] ^= 0xFF;
+        LOG("simnccl: rank %d: SIMNCCL_FAIL: corrupted byte 0 of its contribution to %s #%" PRIu64, c->rank,
+            kind_name(op->kind), op->seq);
     }
     if (atomic_load(&c->aborted)) {
         op_fail(op, ncclSystemError);

@@ -15,13 +15,19 @@
  *                        ncclCommInitRank and each rendezvous of a collective
  *                        (default 5000; 0 waits forever, as real NCCL does, but a
  *                        dead, aborted or destroyed peer is still seen at once)
- *   SIMNCCL_FAIL         what:rank:nth[,...]: fault injection. `what` is
- *                        exit_in_allgather or exit_in_broadcast: the nth such
- *                        collective (counted per process from 1) of the rank
- *                        whose comm rank is `rank` ('*': any rank) calls
- *                        _exit(SIMNCCL_EXIT_STATUS) from the stream worker after
- *                        it has arrived at the collective and before it delivers
- *                        its data, so its peers are left waiting mid-collective
+ *   SIMNCCL_FAIL         what:rank:nth[,...]: fault injection in the nth
+ *                        all-gather or broadcast (counted per process from 1,
+ *                        each kind apart) of the rank whose comm rank is `rank`
+ *                        ('*': any rank). `what` is one of
+ *                          exit_in_allgather, exit_in_broadcast: the rank calls
+ *                            _exit(SIMNCCL_EXIT_STATUS) from the stream worker
+ *                            after it has arrived at the collective and before
+ *                            it delivers its data, so its peers are left
+ *                            waiting mid-collective;
+ *                          corrupt_in_allgather, corrupt_in_broadcast: byte 0 of
+ *                            the rank's contribution (the root's, for a
+ *                            broadcast) is inverted on the way, silently: every
+ *                            rank receives it so and no error is reported
  *   SIMNCCL_DEBUG=1      log init, every collective and its rendezvous on stderr
  * Nothing else is printed, except one "simnccl: ..." line per error (bootstrap
  * timeout naming the missing ranks, mismatched collectives with both sides'

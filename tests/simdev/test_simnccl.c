@@ -821,3 +821,37 @@ Test(simnccl, ranks_as_threads, .timeout = 30)
     struct job j = {.nranks = 1, .skip_rank = -1, .bound_s = 10};
     run(&j, threads_rank, NULL, NULL);
 }
+
+/* ---- SIMNCCL_FAIL corrupt_in_allgather: silent, every rank gets the flipped byte ---- */
+
+static void corrupt_rank(int rank, int nranks, ncclUniqueId id, void *arg)
+{
+    (void)arg;
+    ncclComm_t c = init(rank, nranks, id);
+    CUstream s = new_stream();
+    size_t count = 777;
+    unsigned char *recv = dev_alloc(count * (size_t)nranks);
+    for (int k = 1; k <= 2; k++) {
+        for (size_t i = 0; i < count; i++)
+            recv[(size_t)rank * count + i] = pat(rank, i, (unsigned)k);
+        NC(ncclAllGather(recv + (size_t)rank * count, recv, count, ncclUint8, c, s));
+        CU(cuStreamSynchronize(s));
+        ncclResult_t ae;
+        NC(ncclCommGetAsyncError(c, &ae));
+        REQ(ae == ncclSuccess, "async error %d", ae);
+        for (int q = 0; q < nranks; q++)
+            for (size_t i = 0; i < count; i++) {
+                unsigned char want = pat(q, i, (unsigned)k) ^ (k == 2 && q == 1 && i == 0 ? 0xFF : 0);
+                REQ(recv[(size_t)q * count + i] == want, "#%d: byte %zu of rank %d is %#x, want %#x", k, i, q,
+                    recv[(size_t)q * count + i], want);
+            }
+    }
+    NC(ncclCommDestroy(c));
+}
+
+Test(simnccl, corrupt_injection, .timeout = 30)
+{
+    cr_assert_eq(simnccl_fail("corrupt_in_allgather:1:2"), 0);
+    struct job j = {.nranks = 3, .skip_rank = -1, .bound_s = 10};
+    run(&j, corrupt_rank, NULL, NULL);
+}
