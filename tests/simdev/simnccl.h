@@ -9,6 +9,18 @@
  *   ncclCommGetAsyncError, ncclGetErrorString, ncclGetLastError, ncclCommCount,
  *   ncclCommUserRank, ncclCommCuDevice, ncclCommRegister, ncclCommDeregister,
  *   ncclAllGather, ncclBroadcast, ncclBcast, ncclGroupStart, ncclGroupEnd.
+ * The rest of the API torch's libtorch_cuda.so links (reductions, send/recv,
+ * split, windows, ncclMemAlloc, ...) is exported too, so torch loads against
+ * it, and refuses with ncclInvalidUsage and a line on stderr.
+ *
+ * Collectives are stream work (host functions and copies through the simulated
+ * driver): data arrives when the stream gets there, a caller who does not wait
+ * sees stale data. Every wait for peers is bounded; a dead, aborted, destroyed
+ * or failed peer fails the others' collective at once (ncclRemoteError in
+ * ncclCommGetAsyncError), a timeout gives ncclSystemError, and collectives that
+ * differ between ranks (kind, count, datatype, root) give ncclInvalidUsage with
+ * both sides on stderr. After a failure recvbuff holds 0xA5 bytes and every
+ * later call on the communicator returns the error. Design: simnccl.c.
  *
  * Configured from the environment on its first call:
  *   SIMNCCL_TIMEOUT_MS   bound on every wait for peers: the bootstrap in
