@@ -5,10 +5,15 @@
   ckpt-stats PID                  counters of one process, per region name, top call sites
   ckpt-stats PID --watch [SECS]   the same, refreshed every SECS seconds (default 2)
   ckpt-stats --trace FILE         summary of a CKPT_TRACE file per region and per step
-  ckpt-stats --trace FILE --plot out.png
-                                  device memory over time with and without what libckpt moved,
-                                  and the copy stream's activity
+  ckpt-stats --trace FILE --plot out.png|.svg|.pdf
+                                  device memory over time with and without what libckpt moved
+                                  (the peak saved as a note), a lane of regions and backward,
+                                  step markers, and the copies per direction
   --json                          machine-readable output (any of the above)
+  --symbols DIR[:DIR...]          where to look for the programs and libraries named in call
+                                  sites, to name the functions libckpt could not (static ones);
+                                  also searched: the live process's maps, PATH, LD_LIBRARY_PATH,
+                                  the library folders, the trace's folder; --no-resolve: do not
 
 Bad input (unknown PID, another user's or a malformed segment, a truncated
 or foreign trace) gives a one-line error and exit status 2.
@@ -22,6 +27,7 @@ import time
 
 from .stats_segment import SegmentError, clean_stale, list_segments, read_pid, stale_reason
 from .stats_trace import TraceError, plot, read_trace, summary
+from .symbols import Resolver
 
 
 def human(n):
@@ -114,9 +120,25 @@ def segment_text(seg):
     return "\n".join(out)
 
 
+_resolve = {"on": True, "dirs": []}
+
+
+def _resolved(seg_or_sites, pid=None, near=None):
+    """Call sites with the frames libckpt could not name resolved (ckpt.symbols)."""
+    if not _resolve["on"]:
+        return seg_or_sites
+    dirs = list(_resolve["dirs"]) + ([near] if near else []) + [os.getcwd()]
+    key = (pid, tuple(dirs))
+    if _resolve.get("key") != key:  # --watch: one resolver (and symbol tables read once)
+        _resolve["key"], _resolve["resolver"] = key, Resolver(search=dirs, pid=pid)
+    return _resolve["resolver"].sites(seg_or_sites)
+
+
 def show_pid(pid, as_json, watch):
     if watch is None:
         seg = read_pid(pid)
+        if seg.sites:
+            seg.sites = _resolved(seg.sites, pid=pid)
         gone = stale_reason(seg.pid, seg.header["proc_start_ticks"])
         if gone:
             print(f"ckpt-stats: warning: {gone}: these are its last counters (ckpt-stats --clean removes "
@@ -138,6 +160,8 @@ def show_pid(pid, as_json, watch):
                 print(f"ckpt-stats: process {pid} is gone ({gone})")
                 return 0
             first = False
+            if seg.sites:
+                seg.sites = _resolved(seg.sites, pid=pid)
             if clear:
                 sys.stdout.write("\x1b[H\x1b[2J")
             print(json.dumps(segment_json(seg)) if as_json else segment_text(seg), flush=True)
@@ -214,6 +238,7 @@ def trace_text(sm):
 def show_trace(path, as_json, png):
     tr = read_trace(path)
     sm = summary(tr)
+    sm["call_sites"] = _resolved(sm["call_sites"], near=os.path.dirname(os.path.abspath(path)))
     if png:
         plot(tr, png)
     print(json.dumps(sm, indent=2) if as_json else trace_text(sm))
@@ -232,8 +257,14 @@ def main(argv=None):
                     help="refresh every SECONDS (default 2) until the process exits")
     ap.add_argument("--clean", action="store_true", help="remove your stale segments")
     ap.add_argument("--trace", metavar="FILE", help="summarise a CKPT_TRACE file")
-    ap.add_argument("--plot", metavar="PNG", help="with --trace: draw memory and copy activity into PNG")
+    ap.add_argument("--plot", metavar="FILE", help="with --trace: draw memory, regions and copies into FILE "
+                    "(.png, .svg or .pdf)")
+    ap.add_argument("--symbols", metavar="DIRS", default="",
+                    help="colon-separated folders holding the programs and libraries of the call sites")
+    ap.add_argument("--no-resolve", action="store_true", help="show call-site frames as libckpt recorded them")
     a = ap.parse_args(argv)
+    _resolve["on"] = not a.no_resolve
+    _resolve["dirs"] = [d for d in a.symbols.split(":") if d]
     if a.plot and not a.trace:
         ap.error("--plot needs --trace FILE")
     if a.trace and (a.pid is not None or a.clean or a.watch is not None):
