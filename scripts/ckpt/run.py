@@ -203,8 +203,19 @@ class CommandError(Exception):
         self.status = status
 
 
+def source_tree() -> Optional[str]:
+    """The repository this package sits in (<repo>/scripts/ckpt), or None when installed."""
+    scripts = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(scripts)
+    if os.path.basename(scripts) == "scripts" and os.path.isfile(os.path.join(repo, "meson.build")):
+        return repo
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None, repo: Optional[str] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if repo is None:
+        repo = source_tree()
     try:
         env, command = prepare(argv, dict(os.environ), repo)
     except UsageError as e:
