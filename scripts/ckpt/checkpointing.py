@@ -380,9 +380,14 @@ def _boundary(phase: str):
         else:
             timer.start()
     start = time.perf_counter()
-    yield
-    if SYNCHRONIZE or PROFILE_TIME:
-        _synchronize()
+    try:
+        yield
+        if SYNCHRONIZE or PROFILE_TIME:
+            _synchronize()
+    except BaseException:
+        if timer is not None:  # a failed checkpoint is not timed, and leaves no timer running
+            timer.started_ = False
+        raise
     if PROFILE_TIME:
         seconds = time.perf_counter() - start
         timers.add(phase, seconds)

@@ -163,3 +163,18 @@ def test_profile_fills_the_module_timers(variant):
     if variant == "reentrant":
         assert cp.timers("backward").elapsed(reset=False) > 0
         assert cp.timers.calls["backward"] == 1
+
+
+def test_a_failing_checkpoint_leaves_no_timer_running():
+    cp.configure(None, profile=True)
+
+    def boom(x):
+        raise KeyError("boom")
+
+    x, w, b = leaves()
+    with pytest.raises(KeyError):
+        cp.checkpoint(boom, x)
+    assert not cp.timers(cp.FORWARD_GLOBAL_TIMER).started_
+    out = cp.checkpoint(layer, x, w, bias=b)
+    out.sum().backward()
+    assert cp.timers(cp.FORWARD_GLOBAL_TIMER).elapsed(reset=False) > 0
