@@ -19,6 +19,7 @@ struct sd_config sd_cfg = {
     .device_bytes = 16 * GiB,
     .host_bytes = 8 * GiB,
     .granularity = 2u << 20,
+    .max_connections = 8,
 };
 size_t sd_page = 4096;
 
@@ -102,12 +103,22 @@ static void read_config(void)
             sd_say("simdev: ignoring SIMDEV_COPY_GBPS=%s (expected a rate in GB/s)", s);
     }
 
+    /* The driver's variable, as documented in the CUDA programming guide's
+     * table of environment variables: 1 to 32 connections, default 8. */
+    s = getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    if (s && *s) {
+        if (parse_size(s, &v) && v >= 1 && v <= 32)
+            sd_cfg.max_connections = (unsigned)v;
+        else
+            sd_say("simdev: ignoring CUDA_DEVICE_MAX_CONNECTIONS=%s (expected 1..32)", s);
+    }
+
     s = getenv("SIMDEV_FAIL");
     if (s && *s)
         sd_fail_parse_env(s);
 
-    sd_log("%d device(s) of %zu bytes, host %zu bytes, granularity %zu", sd_cfg.ndev,
-           sd_cfg.device_bytes, sd_cfg.host_bytes, sd_cfg.granularity);
+    sd_log("%d device(s) of %zu bytes, host %zu bytes, granularity %zu, %u hardware queues per context",
+           sd_cfg.ndev, sd_cfg.device_bytes, sd_cfg.host_bytes, sd_cfg.granularity, sd_cfg.max_connections);
 }
 
 void sd_init(void)

@@ -27,6 +27,7 @@ struct sd_config {
     size_t granularity;
     unsigned stream_delay_us;
     double copy_gbps;
+    unsigned max_connections; /* CUDA_DEVICE_MAX_CONNECTIONS: hardware work queues per context */
     int debug; /* 1: decisions, 2: also every stream operation as it runs */
 };
 extern struct sd_config sd_cfg;
@@ -99,6 +100,8 @@ struct sd_ctx {
     unsigned long long id;
     _Atomic int sticky;       /* CUresult of a fault, 0 while healthy */
     struct sd_stream *legacy; /* created on first use, under the sched lock */
+    struct sd_hwq *hwq;       /* max_connections hardware queues, created with the first stream */
+    unsigned hwq_next;        /* round-robin assignment of the next stream */
     struct sd_ctx *next;      /* all contexts ever created */
 };
 
@@ -177,7 +180,8 @@ struct sd_op {
     int refs; /* queue + waiters + events + dependants; under the sched lock */
     bool done;
     uint64_t done_ns;
-    struct sd_op *next; /* queue link */
+    struct sd_op *next; /* stream queue link */
+    struct sd_op *qnext; /* hardware queue link, while not yet dispatched */
     struct sd_op **deps;
     unsigned ndeps, capdeps;
     union {
@@ -193,6 +197,13 @@ struct sd_op {
 
 enum sd_stream_kind { SD_STREAM_USER, SD_STREAM_LEGACY, SD_STREAM_PER_THREAD };
 
+/* A hardware work queue (a "connection"): the streams assigned to it share one
+ * in-order FIFO of the operations submitted to any of them. */
+struct sd_hwq {
+    struct sd_op *head, *tail; /* submitted, not yet dispatched */
+    unsigned index;
+};
+
 struct sd_stream {
     enum sd_stream_kind kind;
     struct sd_ctx *ctx;
@@ -201,6 +212,7 @@ struct sd_stream {
     unsigned long long id;
     struct sd_op *head, *tail; /* not yet executed */
     struct sd_op *last;        /* last submitted, referenced: what later work orders after */
+    struct sd_hwq *hwq;        /* the hardware queue it was assigned at creation */
     bool dying;
     _Atomic unsigned delay_us;
     pthread_cond_t work;

@@ -3,6 +3,28 @@
  * as wrong data. Ordering across streams is expressed as dependencies on
  * earlier operations (event records, the legacy stream's implicit barriers).
  *
+ * Hardware work queues. A context has CUDA_DEVICE_MAX_CONNECTIONS (default 8,
+ * 1..32) in-order queues ("connections" from the host to the device, one pool
+ * per context: CUDA programming guide, environment variables; MPS guide,
+ * CUDA_DEVICE_MAX_CONNECTIONS). Streams are assigned to them round-robin as
+ * they are created, so with more streams than queues streams share one.
+ * Everything submitted to a queue is dispatched in submission order, whatever
+ * its stream: the queue's head is dispatched once its stream's earlier work
+ * has finished and its dependencies (event waits, the legacy stream's implicit
+ * barriers) are met. An operation that blocks (a wait on a memory value, a
+ * batch holding one, a host function or stream callback, which the device
+ * runs as a wait for the host) holds the head until it completes. So, as on
+ * the GPU, a blocked wait on stream A blocks every later operation of every
+ * stream that shares A's queue ("false dependencies"; Megatron-LM and
+ * Transformer Engine run with 1 connection, where everything shares one).
+ * Copies and sets leave the queue as they start and run concurrently.
+ *
+ * Which queue: the real driver creates the legacy (NULL) stream with the
+ * context, before any stream the program creates, so it takes queue 0 and the
+ * round-robin starts at 1; the simulator creates it on first use but keeps
+ * that assignment. Per-thread default streams are created on a thread's first
+ * use and take the next queue in turn, like any created stream.
+ *
  * One lock guards all queues and operation states; a single condition
  * variable announces every completed operation. Simple beats fast here. */
 #define _GNU_SOURCE
@@ -121,6 +143,46 @@ static bool deps_done(const struct sd_op *op)
 static bool pending(const struct sd_op *op)
 {
     return op && !op->done;
+}
+
+/* ---- hardware queues (under the sched lock) ---- */
+
+/* Operations the device executes as a wait at the head of the queue. */
+static bool holds_queue(const struct sd_op *op)
+{
+    switch (op->kind) {
+    case SD_OP_WAIT_VALUE:
+    case SD_OP_HOSTFN:
+    case SD_OP_CALLBACK:
+        return true;
+    case SD_OP_BATCH:
+        for (unsigned i = 0; i < op->u.batch.count; i++)
+            if (op->u.batch.items[i].kind == SD_OP_WAIT_VALUE)
+                return true;
+        return false;
+    default:
+        return false;
+    }
+}
+
+static void hwq_push(struct sd_hwq *q, struct sd_op *op)
+{
+    op->qnext = NULL;
+    if (q->tail)
+        q->tail->qnext = op;
+    else
+        q->head = op;
+    q->tail = op;
+}
+
+/* The head leaves the queue: the next operation (any stream's) may go. */
+static void hwq_pop(struct sd_hwq *q, struct sd_op *op)
+{
+    q->head = op->qnext;
+    if (!q->head)
+        q->tail = NULL;
+    op->qnext = NULL;
+    pthread_cond_broadcast(&progress);
 }
 
 /* ---- running operations on a worker ---- */
@@ -267,13 +329,19 @@ static void *worker_main(void *arg)
         struct sd_op *op = s->head;
         if (!op)
             break; /* dying and drained */
-        while (!deps_done(op))
+        /* Dispatched from the head of the hardware queue only (see the top). */
+        while (s->hwq->head != op || !deps_done(op))
             pthread_cond_wait(&progress, &sched);
+        bool holds = holds_queue(op);
+        if (!holds)
+            hwq_pop(s->hwq, op);
         pthread_mutex_unlock(&sched);
 
         run_op(s, op);
 
         pthread_mutex_lock(&sched);
+        if (holds)
+            hwq_pop(s->hwq, op);
         s->head = op->next;
         if (!s->head)
             s->tail = NULL;
@@ -314,6 +382,22 @@ static CUresult stream_start(struct sd_ctx *ctx, enum sd_stream_kind kind, unsig
     s->ctx = ctx;
     s->flags = flags;
     s->priority = priority;
+    if (!ctx->hwq) {
+        ctx->hwq = calloc(sd_cfg.max_connections, sizeof *ctx->hwq);
+        if (!ctx->hwq) {
+            free(s);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        for (unsigned i = 0; i < sd_cfg.max_connections; i++)
+            ctx->hwq[i].index = i;
+        ctx->hwq_next = 1 % sd_cfg.max_connections; /* queue 0 is the legacy stream's */
+    }
+    if (kind == SD_STREAM_LEGACY) {
+        s->hwq = &ctx->hwq[0];
+    } else {
+        s->hwq = &ctx->hwq[ctx->hwq_next];
+        ctx->hwq_next = (ctx->hwq_next + 1) % sd_cfg.max_connections;
+    }
     s->id = next_stream_id++;
     atomic_store(&s->delay_us, sd_cfg.stream_delay_us);
     pthread_cond_init(&s->work, NULL);
@@ -346,9 +430,9 @@ static CUresult stream_start(struct sd_ctx *ctx, enum sd_stream_kind kind, unsig
     streams = s;
     live_workers++;
     *out = s;
-    sd_log("stream %llu started (%s, flags %#x, context %llu)", s->id,
+    sd_log("stream %llu started (%s, flags %#x, context %llu, hardware queue %u)", s->id,
            kind == SD_STREAM_LEGACY ? "legacy" : kind == SD_STREAM_PER_THREAD ? "per-thread" : "user", flags,
-           ctx->id);
+           ctx->id, s->hwq->index);
     return CUDA_SUCCESS;
 }
 
@@ -485,6 +569,7 @@ CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
     else
         s->head = op;
     s->tail = op;
+    hwq_push(s->hwq, op);
     if (s->last)
         sd_op_unref(s->last);
     s->last = op;

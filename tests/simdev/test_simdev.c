@@ -789,6 +789,179 @@ Test(stream, wait_value_holds_a_stream_until_the_word_is_written)
     simdev_shutdown();
 }
 
+/* ---- hardware work queues (CUDA_DEVICE_MAX_CONNECTIONS) ---- */
+
+/* A pinned, device-mapped word for stream memory operations. */
+static uint32_t *gate_word(CUdeviceptr *dword)
+{
+    uint32_t *word;
+    CK(cuMemHostAlloc((void **)&word, 64, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP));
+    CK(cuMemHostGetDevicePointer_v2(dword, word, 0));
+    memset(word, 0, 64);
+    return word;
+}
+
+/* With one connection every stream shares one in-order queue: work on B
+ * enqueued after a blocked wait on A does not run until A's wait is released. */
+Test(hwq, one_connection_a_blocked_wait_blocks_every_stream)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1);
+    init();
+    CUstream a, b;
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    uint32_t *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 1, 1, b)); /* before the wait: runs */
+    CK(cuStreamSynchronize(b));
+    CK(cuStreamWaitValue32_v2(a, dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 1), 2, 1, b));
+    usleep(30000);
+    cr_assert_eq(data[0], 1);
+    cr_assert_eq(data[1], 0, "B ran past A's blocked wait in the shared queue");
+    CK_ERR(cuStreamQuery(b), CUDA_ERROR_NOT_READY);
+    *word = 1; /* released from the host */
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(data[1], 2);
+    CK(cuStreamSynchronize(a));
+}
+
+/* A gate written the naive way (arrive then wait, one stream after another)
+ * deadlocks under one connection: the second stream's arrival sits behind
+ * the first stream's wait. */
+Test(hwq, one_connection_second_arrival_waits_behind_first_wait)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1);
+    init();
+    CUstream a, b;
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CUstreamBatchMemOpParams p[2];
+    for (int i = 0; i < 2; i++) {
+        CUstream s = i ? b : a;
+        memset(p, 0, sizeof p);
+        p[0].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+        p[0].writeValue.address = dword + 4 + 4 * (unsigned)i; /* "arrived" */
+        p[0].writeValue.value = 1;
+        p[1].waitValue.operation = CU_STREAM_MEM_OP_WAIT_VALUE_32;
+        p[1].waitValue.address = dword; /* the gate */
+        p[1].waitValue.value = 1;
+        p[1].waitValue.flags = CU_STREAM_WAIT_VALUE_GEQ;
+        CK(cuStreamBatchMemOp_v2(s, 2, p, 0));
+    }
+    usleep(30000);
+    cr_assert_eq(__atomic_load_n(&word[1], __ATOMIC_ACQUIRE), 1);
+    cr_assert_eq(__atomic_load_n(&word[2], __ATOMIC_ACQUIRE), 0, "B arrived past A's held batch");
+    word[0] = 1;
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(word[2], 1);
+}
+
+/* Round-robin at creation: the legacy stream has queue 0, created streams
+ * take 1, 2, ... wrapping. With 2 connections the 1st and 3rd created stream
+ * share queue 1; the 2nd shares queue 0 with the legacy stream. */
+Test(hwq, streams_are_assigned_round_robin)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "2", 1);
+    init();
+    CUstream s1, s2, s3;
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    uint32_t *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s3, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamWaitValue32_v2(s1, dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 2, 1, s2));
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 1), 3, 1, s3));
+    CK(cuStreamSynchronize(s2)); /* another queue: not blocked */
+    cr_assert_eq(data[0], 2);
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 2), 4, 1, NULL)); /* legacy, queue 0, non-blocking streams: free */
+    CK(cuStreamSynchronize(NULL));
+    usleep(20000);
+    cr_assert_eq(data[1], 0, "s3 shares s1's queue and must wait");
+    *word = 1;
+    CK(cuStreamSynchronize(s3));
+    cr_assert_eq(data[1], 3);
+}
+
+static void wait_word_fn(void *word)
+{
+    while (!__atomic_load_n((uint32_t *)word, __ATOMIC_ACQUIRE))
+        usleep(1000);
+}
+
+/* A host function and a wait on an event not yet complete block their queue too. */
+Test(hwq, host_functions_and_event_waits_block_the_queue)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1);
+    init();
+    CUstream a, b, c;
+    CUevent ev;
+    uint32_t flag = 0, *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&c, CU_STREAM_NON_BLOCKING));
+    CK(cuLaunchHostFunc(a, wait_word_fn, &flag));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 1, 1, b));
+    usleep(20000);
+    cr_assert_eq(data[0], 0, "B ran while A's host function held the queue");
+    __atomic_store_n(&flag, 1, __ATOMIC_RELEASE);
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(data[0], 1);
+
+    /* c waits on an event that a's later work records; b's work is behind c's wait. */
+    flag = 0;
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuLaunchHostFunc(a, wait_word_fn, &flag));
+    CK(cuEventRecord(ev, a));
+    CK(cuStreamWaitEvent(c, ev, 0));
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 1), 2, 1, b));
+    usleep(20000);
+    cr_assert_eq(data[1], 0);
+    __atomic_store_n(&flag, 1, __ATOMIC_RELEASE);
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(data[1], 2);
+    CK(cuCtxSynchronize());
+}
+
+/* The default is 8 connections: eight created streams (queues 1..7, 0) do
+ * not block each other; a ninth shares the first one's queue. */
+Test(hwq, default_is_eight_connections)
+{
+    unsetenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    init();
+    CUstream s[9];
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    uint32_t *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    for (int i = 0; i < 9; i++)
+        CK(cuStreamCreate(&s[i], CU_STREAM_NON_BLOCKING));
+    CK(cuStreamWaitValue32_v2(s[0], dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+    for (int i = 1; i < 9; i++)
+        CK(cuMemsetD32Async((CUdeviceptr)(data + i), (unsigned)i, 1, s[i]));
+    for (int i = 1; i < 8; i++) {
+        CK(cuStreamSynchronize(s[i]));
+        cr_assert_eq(data[i], (uint32_t)i);
+    }
+    usleep(20000);
+    cr_assert_eq(data[8], 0, "the ninth stream shares the first one's queue");
+    *word = 1;
+    CK(cuStreamSynchronize(s[8]));
+    cr_assert_eq(data[8], 8);
+}
+
 /* ---- slowness knobs ---- */
 
 Test(knobs, copy_rate_delays_copies)
