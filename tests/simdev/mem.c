@@ -295,6 +295,14 @@ CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned int 
     SD_ENTER(cuMemHostGetDevicePointer_v2);
     if (!pdptr || !p || Flags != 0)
         return CUDA_ERROR_INVALID_VALUE;
+    /* "will fail if the CU_MEMHOSTALLOC_DEVICEMAP flag was not specified at
+     * the time the memory was allocated" (cuMemHostGetDevicePointer). */
+    pthread_mutex_lock(&sd_mem_lock);
+    struct sd_region *r = sd_rmap_find(&sd_regions, (uintptr_t)p);
+    bool ok = r && r->kind == SD_REGION_PINNED && (r->flags & CU_MEMHOSTALLOC_DEVICEMAP);
+    pthread_mutex_unlock(&sd_mem_lock);
+    if (!ok)
+        return CUDA_ERROR_INVALID_VALUE;
     *pdptr = (CUdeviceptr)(uintptr_t)p; /* unified addressing: the same address */
     return CUDA_SUCCESS;
 }

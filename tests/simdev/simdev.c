@@ -19,6 +19,8 @@ struct sd_config sd_cfg = {
     .device_bytes = 16 * GiB,
     .host_bytes = 8 * GiB,
     .granularity = 2u << 20,
+    .host_granularity = 4u << 20,
+    .host_numa_nodes = 1,
     .max_connections = 8,
 };
 size_t sd_page = 4096;
@@ -88,6 +90,26 @@ static void read_config(void)
         sd_cfg.granularity = v;
     else
         sd_say("simdev: ignoring SIMDEV_GRANULARITY=%zu (expected a power of two >= %zu)", v, sd_page);
+
+    /* The driver gives each location type its own granularity
+     * (cuMemGetAllocationGranularity takes the allocation's properties). An
+     * H200 reports 2 MiB for both; the simulator's default host granularity
+     * is 4 MiB so code that sizes host-located memory by the device's
+     * granularity is caught. Never below the device granularity. */
+    v = sd_cfg.host_granularity;
+    env_size("SIMDEV_HOST_GRANULARITY", &v, "a byte count such as 4M");
+    if (v >= sd_page && (v & (v - 1)) == 0)
+        sd_cfg.host_granularity = v;
+    else
+        sd_say("simdev: ignoring SIMDEV_HOST_GRANULARITY=%zu (expected a power of two >= %zu)", v, sd_page);
+
+    s = getenv("SIMDEV_HOST_NUMA_NODES");
+    if (s && *s) {
+        if (parse_size(s, &v) && v >= 1 && v <= 64)
+            sd_cfg.host_numa_nodes = (int)v;
+        else
+            sd_say("simdev: ignoring SIMDEV_HOST_NUMA_NODES=%s (expected 1..64)", s);
+    }
 
     v = 0;
     env_size("SIMDEV_STREAM_DELAY_US", &v, "microseconds");

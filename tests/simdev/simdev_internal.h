@@ -24,7 +24,9 @@ struct sd_config {
     int ndev;
     size_t device_bytes;
     size_t host_bytes;
-    size_t granularity;
+    size_t granularity;      /* device-located VMM memory */
+    size_t host_granularity; /* host-located VMM memory (SIMDEV_HOST_GRANULARITY) */
+    int host_numa_nodes;     /* valid CU_MEM_LOCATION_TYPE_HOST_NUMA ids: 0 .. n-1 */
     unsigned stream_delay_us;
     double copy_gbps;
     unsigned max_connections; /* CUDA_DEVICE_MAX_CONNECTIONS: hardware work queues per context */
@@ -159,6 +161,17 @@ void sd_pool_free_done(struct sd_region *block); /* run by a stream worker */
 
 /* The mapping holding addr (under sd_mem_lock); loc may be NULL. */
 bool sd_vmm_range(uintptr_t addr, uintptr_t *base, size_t *size, int *loc);
+/* Whether device `dev` may touch [addr, addr + n) (for writing when `write`):
+ * VMM mappings need cuMemSetAccess for that device, stream-ordered pool blocks
+ * the pool's device or cuMemPoolSetAccess. Memory of other kinds, and
+ * reserved ranges left unmapped, are left to the page protection. Takes
+ * sd_mem_lock. *where: the first byte refused. */
+bool sd_device_may_touch(int dev, const void *addr, size_t n, bool write, const void **where);
+bool sd_pool_grants(struct sd_pool *pool, int dev, bool write); /* pool.c, under sd_mem_lock */
+/* Whether [addr, addr + n) may be named by a stream memory operation of
+ * device `dev`: device memory, a mapping that device may access, or pinned
+ * host memory mapped for the device (CU_MEMHOSTALLOC_DEVICEMAP). */
+bool sd_device_visible(int dev, uintptr_t addr, size_t n);
 
 /* ---- the stream engine (stream.c) ---- */
 
@@ -185,7 +198,7 @@ struct sd_op {
     struct sd_op **deps;
     unsigned ndeps, capdeps;
     union {
-        struct { void *dst; const void *src; size_t n; } copy;
+        struct { void *dst; const void *src; size_t n; int dst_dev, src_dev; /* -1: the stream's */ } copy;
         struct { void *dst; uint32_t value; unsigned elem; size_t count; } set;
         struct { CUhostFn fn; void *data; } hostfn;
         struct { CUstreamCallback fn; CUstream handle; void *data; } callback;

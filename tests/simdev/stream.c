@@ -273,6 +273,21 @@ static void trace_op(const struct sd_stream *s, const struct sd_op *op)
     }
 }
 
+/* The device's access to what a copy or set touches (see sd_device_may_touch). */
+static bool access_ok(const struct sd_stream *s, const struct sd_op *op, const void **where)
+{
+    int dev = s->ctx->dev;
+    if (op->kind == SD_OP_COPY) {
+        int sdev = op->u.copy.src_dev >= 0 ? op->u.copy.src_dev : dev;
+        int ddev = op->u.copy.dst_dev >= 0 ? op->u.copy.dst_dev : dev;
+        return sd_device_may_touch(sdev, op->u.copy.src, op->u.copy.n, false, where) &&
+               sd_device_may_touch(ddev, op->u.copy.dst, op->u.copy.n, true, where);
+    }
+    if (op->kind == SD_OP_SET)
+        return sd_device_may_touch(dev, op->u.set.dst, op->u.set.count * op->u.set.elem, true, where);
+    return true;
+}
+
 static void run_op(struct sd_stream *s, struct sd_op *op)
 {
     if (sd_cfg.debug >= 2)
@@ -305,6 +320,13 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
             unsigned long long rate = atomic_load(&copy_bytes_per_s);
             if (rate)
                 sd_sleep_ns((uint64_t)((double)op->u.copy.n * 1e9 / (double)rate));
+        }
+        if (op->kind != SD_OP_HOSTFN) {
+            const void *where = NULL;
+            if (!access_ok(s, op, &where)) {
+                sd_fault_record(s->ctx, (void *)where, sd_op_name(op->kind), s->id);
+                return;
+            }
         }
         /* fall through */
     case SD_OP_CALLBACK: {

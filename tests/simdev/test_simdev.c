@@ -71,10 +71,14 @@ static CUmemGenericAllocationHandle map_rw(CUdeviceptr va, size_t size, CUmemLoc
     return h;
 }
 
+/* simdev's default host-location granularity (SIMDEV_HOST_GRANULARITY). */
+#define HOST_GRAN (4 * MiB)
+
+/* Aligned for either location's memory. */
 static CUdeviceptr reserve(size_t size)
 {
     CUdeviceptr va;
-    CK(cuMemAddressReserve(&va, size, 0, 0, 0));
+    CK(cuMemAddressReserve(&va, size, HOST_GRAN, 0, 0));
     return va;
 }
 
@@ -233,7 +237,7 @@ Test(memory, capacity_limits_give_out_of_memory)
     cr_assert_eq(free, 128 * MiB - 80 * MiB);
 
     simdev_set_host_capacity(4 * MiB);
-    CK_ERR(cuMemCreate(&h2, 6 * MiB, &host, 0), CUDA_ERROR_OUT_OF_MEMORY);
+    CK_ERR(cuMemCreate(&h2, 8 * MiB, &host, 0), CUDA_ERROR_OUT_OF_MEMORY);
     CK(cuMemCreate(&h2, 4 * MiB, &host, 0));
     CK(cuMemRelease(h2));
     CK(cuMemRelease(h1));
@@ -313,7 +317,9 @@ Test(vmm, data_survives_a_remap_onto_other_memory)
     memset((void *)va, 0x3c, size);
     cr_assert_eq(simdev_device_used(0), size);
 
-    /* Offload: copy to host-located memory, remap the same address onto it. */
+    /* Offload: copy to host-located memory, remap the same address onto it
+     * (size is a multiple of both granularities, va aligned to both). */
+    cr_assert_eq(va % HOST_GRAN, 0, "reserve() aligns to the host granularity");
     CUdeviceptr tmp = reserve(size);
     CUmemGenericAllocationHandle host = map_rw(tmp, size, CU_MEM_LOCATION_TYPE_HOST);
     CK(cuMemcpyDtoD_v2(tmp, va, size));
@@ -343,10 +349,10 @@ Test(vmm, device_and_host_locations_are_accounted_apart)
     CUmemGenericAllocationHandle a, b, c;
     size_t free, total;
     CK(cuMemCreate(&a, 4 * GRAN, &dev, 0));
-    CK(cuMemCreate(&b, 2 * GRAN, &host, 0));
-    CK(cuMemCreate(&c, 1 * GRAN, &numa, 0));
+    CK(cuMemCreate(&b, 2 * HOST_GRAN, &host, 0));
+    CK(cuMemCreate(&c, 1 * HOST_GRAN, &numa, 0));
     cr_assert_eq(simdev_device_used(0), 4 * GRAN);
-    cr_assert_eq(simdev_host_used(), 3 * GRAN);
+    cr_assert_eq(simdev_host_used(), 3 * HOST_GRAN);
     CK(cuMemGetInfo_v2(&free, &total));
     cr_assert_eq(total - free, 4 * GRAN);
     CK(cuMemRelease(a));
@@ -960,6 +966,214 @@ Test(hwq, default_is_eight_connections)
     *word = 1;
     CK(cuStreamSynchronize(s[8]));
     cr_assert_eq(data[8], 8);
+}
+
+/* ---- memory strictness ---- */
+
+/* cuda.h, cuMemMap: offset "Note: currently must be zero". */
+Test(strict, map_offset_must_be_zero)
+{
+    init();
+    CUdeviceptr va = reserve(2 * GRAN);
+    CUmemAllocationProp prop = prop_at(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    CUmemGenericAllocationHandle h;
+    CK(cuMemCreate(&h, 2 * GRAN, &prop, 0));
+    CK_ERR(cuMemMap(va, GRAN, GRAN, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemMap(va, 2 * GRAN, 0, h, 0));
+    CK(cuMemUnmap(va, 2 * GRAN));
+    CK(cuMemRelease(h));
+    CK(cuMemAddressFree(va, 2 * GRAN));
+}
+
+/* Each location type has its own granularity (cuMemGetAllocationGranularity
+ * takes the properties); simdev's host one is 4 MiB by default so code that
+ * assumes the device's is caught: sizes and mapped addresses must follow it. */
+Test(strict, host_locations_have_their_own_granularity)
+{
+    init();
+    size_t gd = 0, gh = 0, gn = 0;
+    CUmemAllocationProp dev = prop_at(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    CUmemAllocationProp host = prop_at(CU_MEM_LOCATION_TYPE_HOST, 0);
+    CUmemAllocationProp numa = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, 0);
+    CK(cuMemGetAllocationGranularity(&gd, &dev, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CK(cuMemGetAllocationGranularity(&gh, &host, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CK(cuMemGetAllocationGranularity(&gn, &numa, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED));
+    cr_assert_eq(gd, GRAN);
+    cr_assert_eq(gh, HOST_GRAN);
+    cr_assert_eq(gn, HOST_GRAN);
+    CUmemGenericAllocationHandle h;
+    CK_ERR(cuMemCreate(&h, GRAN, &host, 0), CUDA_ERROR_INVALID_VALUE); /* a device granule */
+    CK(cuMemCreate(&h, HOST_GRAN, &host, 0));
+    /* A VA aligned only to the device granularity cannot take it. */
+    CUdeviceptr va;
+    CK(cuMemAddressReserve(&va, 3 * HOST_GRAN, HOST_GRAN, 0, 0));
+    CK_ERR(cuMemMap(va + GRAN, HOST_GRAN, 0, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemMap(va + HOST_GRAN, HOST_GRAN, 0, h, 0));
+    CK(cuMemUnmap(va + HOST_GRAN, HOST_GRAN));
+    CK(cuMemRelease(h));
+    CK(cuMemAddressFree(va, 3 * HOST_GRAN));
+}
+
+Test(strict, host_granularity_is_configurable)
+{
+    setenv("SIMDEV_HOST_GRANULARITY", "2M", 1);
+    init();
+    size_t gh = 0;
+    CUmemAllocationProp host = prop_at(CU_MEM_LOCATION_TYPE_HOST, 0);
+    CK(cuMemGetAllocationGranularity(&gh, &host, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    cr_assert_eq(gh, GRAN);
+}
+
+/* cuMemCreate: HOST_NUMA ids must name a host NUMA node (0 without NUMA);
+ * HOST_NUMA_CURRENT is refused; HOST allocations "are not IPC capable and
+ * requestedHandleTypes must be 0". */
+Test(strict, host_numa_ids_and_handle_types_are_checked)
+{
+    setenv("SIMDEV_HOST_NUMA_NODES", "2", 1);
+    init();
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, 1);
+    CK(cuMemCreate(&h, HOST_GRAN, &p, 0));
+    CK(cuMemRelease(h));
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, 2);
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, -1);
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, 0);
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST, 12345); /* the id is ignored for HOST */
+    CK(cuMemCreate(&h, HOST_GRAN, &p, 0));
+    CK(cuMemRelease(h));
+    p.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    /* HOST_NUMA access cannot be given to device-located memory (cuMemSetAccess). */
+    CUdeviceptr va = reserve(GRAN);
+    CUmemAllocationProp d = prop_at(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    CK(cuMemCreate(&h, GRAN, &d, 0));
+    CK(cuMemMap(va, GRAN, 0, h, 0));
+    CUmemAccessDesc acc;
+    memset(&acc, 0, sizeof acc);
+    acc.location.type = CU_MEM_LOCATION_TYPE_HOST_NUMA;
+    acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CK_ERR(cuMemSetAccess(va, GRAN, &acc, 1), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemUnmap(va, GRAN));
+    CK(cuMemRelease(h));
+}
+
+/* Access is per mapping and per device: device 1 was not granted access with
+ * cuMemSetAccess, so a copy on one of its streams faults, although device 0
+ * (and the host process) can touch the memory. */
+Test(strict, a_device_without_access_faults_even_through_a_copy, .init = cr_redirect_stderr)
+{
+    setenv("SIMDEV_DEVICES", "2", 1);
+    init();
+    CUdeviceptr va = reserve(GRAN);
+    CUmemGenericAllocationHandle h = map_rw(va, GRAN, CU_MEM_LOCATION_TYPE_DEVICE); /* device 0 only */
+    void *host;
+    CK(cuMemAllocHost_v2(&host, 4096));
+    CUcontext c1;
+    CUstream s0, s1;
+    CK(cuStreamCreate(&s0, CU_STREAM_NON_BLOCKING));
+    CK(cuMemcpyDtoHAsync_v2(host, va, 4096, s0));
+    CK(cuStreamSynchronize(s0));
+    CK(cuDevicePrimaryCtxRetain(&c1, 1));
+    CK(cuCtxPushCurrent_v2(c1));
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuMemcpyDtoHAsync_v2(host, va, 4096, s1));
+    CK_ERR(cuStreamSynchronize(s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    cr_assert(simdev_faulted());
+    simdev_clear_fault();
+    /* Granted, it works. */
+    CUmemAccessDesc both[2] = {rw_on(0), rw_on(1)};
+    CK(cuMemSetAccess(va, GRAN, both, 2));
+    CK(cuMemsetD32Async(va, 7, 4, s1));
+    CK(cuStreamSynchronize(s1));
+    cr_assert_eq(*(uint32_t *)va, 7);
+    /* Read-only for device 1: its writes fault. */
+    CUmemAccessDesc ro = rw_on(1);
+    ro.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+    CK(cuMemSetAccess(va, GRAN, &ro, 1));
+    CK(cuMemcpyDtoHAsync_v2(host, va, 4096, s1));
+    CK(cuStreamSynchronize(s1));
+    CK(cuMemsetD32Async(va, 8, 4, s1));
+    CK_ERR(cuStreamSynchronize(s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    simdev_clear_fault();
+    CK(cuMemUnmap(va, GRAN));
+    CK(cuMemRelease(h));
+}
+
+/* A stream-ordered pool's memory is its device's; a peer needs
+ * cuMemPoolSetAccess (which cuMemPoolGetAccess reports). */
+Test(strict, pool_memory_needs_pool_access_from_a_peer, .init = cr_redirect_stderr)
+{
+    setenv("SIMDEV_DEVICES", "2", 1);
+    init();
+    CUmemoryPool pool;
+    CUmemAccess_flags f;
+    CUmemLocation l1 = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 1}, l0 = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0};
+    CK(cuDeviceGetDefaultMemPool(&pool, 0));
+    CK(cuMemPoolGetAccess(&f, pool, &l0));
+    cr_assert_eq(f, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    CK(cuMemPoolGetAccess(&f, pool, &l1));
+    cr_assert_eq(f, CU_MEM_ACCESS_FLAGS_PROT_NONE);
+    CUstream s0, s1;
+    CUdeviceptr p;
+    CK(cuStreamCreate(&s0, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocAsync(&p, 4096, s0));
+    CK(cuStreamSynchronize(s0));
+    CUcontext c1;
+    CK(cuDevicePrimaryCtxRetain(&c1, 1));
+    CK(cuCtxPushCurrent_v2(c1));
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuMemsetD32Async(p, 1, 4, s1));
+    CK_ERR(cuStreamSynchronize(s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    simdev_clear_fault();
+    CUmemAccessDesc d = rw_on(1);
+    CK(cuMemPoolSetAccess(pool, &d, 1));
+    CK(cuMemPoolGetAccess(&f, pool, &l1));
+    cr_assert_eq(f, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    CK(cuMemsetD32Async(p, 2, 4, s1));
+    CK(cuStreamSynchronize(s1));
+    cr_assert_eq(*(uint32_t *)p, 2);
+    CUmemAccessDesc none = rw_on(0);
+    none.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    CK_ERR(cuMemPoolSetAccess(pool, &none, 1), CUDA_ERROR_INVALID_VALUE); /* the owner keeps access */
+    CK(cuMemFreeAsync(p, s1));
+    CK(cuStreamSynchronize(s1));
+}
+
+/* cuMemHostGetDevicePointer "will fail if the CU_MEMHOSTALLOC_DEVICEMAP flag
+ * was not specified"; stream memory operations need a device-visible address. */
+Test(strict, device_pointers_of_host_memory_need_devicemap)
+{
+    init();
+    void *plain, *mapped_mem, *heap = malloc(64);
+    CUdeviceptr d;
+    CUstream s;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocHost_v2(&plain, 64));
+    CK(cuMemHostAlloc(&mapped_mem, 64, CU_MEMHOSTALLOC_PORTABLE));
+    CK_ERR(cuMemHostGetDevicePointer_v2(&d, plain, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuMemHostGetDevicePointer_v2(&d, mapped_mem, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuMemHostGetDevicePointer_v2(&d, heap, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuStreamWriteValue32_v2(s, (CUdeviceptr)plain, 1, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuStreamWaitValue32_v2(s, (CUdeviceptr)heap, 0, CU_STREAM_WAIT_VALUE_GEQ), CUDA_ERROR_INVALID_VALUE);
+    CUstreamBatchMemOpParams op;
+    memset(&op, 0, sizeof op);
+    op.writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+    op.writeValue.address = (CUdeviceptr)plain;
+    CK_ERR(cuStreamBatchMemOp_v2(s, 1, &op, 0), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemFreeHost(mapped_mem));
+    CK(cuMemHostAlloc(&mapped_mem, 64, CU_MEMHOSTALLOC_DEVICEMAP));
+    CK(cuMemHostGetDevicePointer_v2(&d, (char *)mapped_mem + 8, 0));
+    CK(cuStreamWriteValue32_v2(s, d, 5, 0));
+    CUdeviceptr dev;
+    CK(cuMemAlloc_v2(&dev, 64));
+    CK(cuStreamWriteValue32_v2(s, dev, 6, 0)); /* device memory is visible */
+    CK(cuStreamSynchronize(s));
+    cr_assert_eq(((uint32_t *)mapped_mem)[2], 5);
+    cr_assert_eq(*(uint32_t *)dev, 6);
+    free(heap);
 }
 
 /* ---- slowness knobs ---- */
