@@ -27,11 +27,14 @@ CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
         return CUDA_ERROR_INVALID_VALUE;
     if ((Flags & CU_EVENT_INTERPROCESS) && !(Flags & CU_EVENT_DISABLE_TIMING))
         return CUDA_ERROR_INVALID_VALUE;
+    struct sd_ctx *ctx = sd_ctx_current();
+    if (!ctx)
+        return CUDA_ERROR_INVALID_CONTEXT;
     struct sd_event *e = calloc(1, sizeof *e);
     if (!e)
         return CUDA_ERROR_OUT_OF_MEMORY;
     e->flags = Flags;
-    e->ctx = sd_ctx_current();
+    e->ctx = ctx;
     sd_sched_lock();
     bool ok = sd_rmap_insert(&events, (uintptr_t)e, 1, e);
     sd_sched_unlock();

@@ -94,9 +94,11 @@ void sd_region_drop(struct sd_region *r)
     free(r);
 }
 
+/* The current context's device, or -1 without one (CUDA_ERROR_INVALID_CONTEXT). */
 static int current_device(void)
 {
-    return sd_ctx_current()->dev;
+    struct sd_ctx *ctx = sd_ctx_current();
+    return ctx ? ctx->dev : -1;
 }
 
 /* ---- classic device memory ---- */
@@ -108,6 +110,8 @@ CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
         return CUDA_ERROR_INVALID_VALUE;
     pthread_once(&caps_once, caps_init);
     int dev = current_device();
+    if (dev < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
     pthread_mutex_lock(&sd_mem_lock);
     *total = dev_cap[dev];
     *free = dev_used[dev] < dev_cap[dev] ? dev_cap[dev] - dev_used[dev] : 0;
@@ -121,6 +125,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     if (!dptr || bytesize == 0)
         return CUDA_ERROR_INVALID_VALUE;
     int dev = current_device();
+    if (dev < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
     struct sd_region *r;
     pthread_mutex_lock(&sd_mem_lock);
     CUresult rc = sd_region_create(SD_REGION_CLASSIC, bytesize, dev, &r);
@@ -259,6 +265,8 @@ static CUresult host_alloc(void **pp, size_t bytesize, unsigned flags)
     const unsigned known = CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED;
     if (!pp || bytesize == 0 || (flags & ~known))
         return CUDA_ERROR_INVALID_VALUE;
+    if (current_device() < 0)
+        return CUDA_ERROR_INVALID_CONTEXT; /* pinned memory belongs to a context */
     struct sd_region *r;
     pthread_mutex_lock(&sd_mem_lock);
     CUresult rc = sd_region_create(SD_REGION_PINNED, bytesize, SD_LOC_NONE, &r);

@@ -108,7 +108,7 @@ struct sd_ctx {
 };
 
 bool sd_dev_valid(CUdevice dev);
-struct sd_ctx *sd_ctx_current(void); /* device 0's primary context when none is current */
+struct sd_ctx *sd_ctx_current(void); /* NULL when none is current: CUDA_ERROR_INVALID_CONTEXT */
 bool sd_ctx_valid(struct sd_ctx *ctx);
 void sd_ctx_foreach(void (*fn)(struct sd_ctx *, void *), void *arg);
 

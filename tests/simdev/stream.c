@@ -539,10 +539,13 @@ CUresult sd_stream_get(CUstream handle, bool per_thread_default, struct sd_strea
     sd_init();
     if (!handle)
         handle = per_thread_default ? CU_STREAM_PER_THREAD : CU_STREAM_LEGACY;
-    if (handle == CU_STREAM_LEGACY)
-        return legacy_stream(sd_ctx_current(), out);
-    if (handle == CU_STREAM_PER_THREAD)
-        return per_thread_stream(sd_ctx_current(), out);
+    if (handle == CU_STREAM_LEGACY || handle == CU_STREAM_PER_THREAD) {
+        /* The default streams are the current context's: none, no stream. */
+        struct sd_ctx *ctx = sd_ctx_current();
+        if (!ctx)
+            return CUDA_ERROR_INVALID_CONTEXT;
+        return handle == CU_STREAM_LEGACY ? legacy_stream(ctx, out) : per_thread_stream(ctx, out);
+    }
     pthread_mutex_lock(&sched);
     struct sd_stream *s = find_user_stream(handle);
     pthread_mutex_unlock(&sched);
@@ -698,8 +701,11 @@ static CUresult stream_create(CUstream *phStream, unsigned flags, int priority)
     if (priority < SD_PRIORITY_GREATEST)
         priority = SD_PRIORITY_GREATEST;
     struct sd_stream *s;
+    struct sd_ctx *ctx = sd_ctx_current();
+    if (!ctx)
+        return CUDA_ERROR_INVALID_CONTEXT;
     pthread_mutex_lock(&sched);
-    CUresult rc = stream_start(sd_ctx_current(), SD_STREAM_USER, flags, priority, &s);
+    CUresult rc = stream_start(ctx, SD_STREAM_USER, flags, priority, &s);
     pthread_mutex_unlock(&sched);
     if (rc == CUDA_SUCCESS)
         *phStream = (CUstream)s;

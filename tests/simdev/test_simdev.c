@@ -27,9 +27,20 @@
 #define CK(call) cr_assert_eq((call), CUDA_SUCCESS, "%s failed", #call)
 #define CK_ERR(call, err) cr_assert_eq((call), (err), "%s: expected %s", #call, #err)
 
+/* cuInit and the primary context of device 0 made current, as the CUDA
+ * runtime does for its callers: without a current context the driver
+ * refuses what needs one (CUDA_ERROR_INVALID_CONTEXT). */
+static void use_primary(int dev)
+{
+    CUcontext ctx;
+    CK(cuDevicePrimaryCtxRetain(&ctx, dev));
+    CK(cuCtxSetCurrent(ctx));
+}
+
 static void init(void)
 {
     CK(cuInit(0));
+    use_primary(0);
 }
 
 static double now_ms(void)
@@ -132,13 +143,11 @@ Test(device, needs_init_then_reports_a_device)
 Test(device, contexts_are_per_thread_with_a_stack)
 {
     setenv("SIMDEV_DEVICES", "2", 1);
-    init();
+    CK(cuInit(0));
     CUcontext cur = (CUcontext)1, p0, p1, created, popped;
     CUdevice dev = -1;
     CK(cuCtxGetCurrent(&cur));
     cr_assert_null(cur);
-    CK(cuCtxGetDevice(&dev)); /* lenient: device 0 when nothing is current */
-    cr_assert_eq(dev, 0);
     CK(cuDevicePrimaryCtxRetain(&p0, 0));
     CK(cuDevicePrimaryCtxRetain(&p1, 1));
     cr_assert_neq(p0, p1);
@@ -726,6 +735,7 @@ Test(legacy, synchronous_copies_wait_for_blocking_streams)
 
 static void *per_thread_id(void *out)
 {
+    use_primary(0); /* contexts are current per thread */
     CK(cuStreamGetId(CU_STREAM_PER_THREAD, out));
     CK(cuStreamSynchronize_ptsz(NULL));
     return NULL;
@@ -1176,6 +1186,44 @@ Test(strict, device_pointers_of_host_memory_need_devicemap)
     free(heap);
 }
 
+/* No fallback to device 0: with no current context, what needs one returns
+ * CUDA_ERROR_INVALID_CONTEXT (cuCtxGetDevice, cuMemAlloc, cuStreamCreate, the
+ * default streams, ...), in any thread that has not made one current. */
+static void *no_context_calls(void *unused)
+{
+    (void)unused;
+    CUdevice dev;
+    CUdeviceptr p;
+    CUstream s;
+    CUevent e;
+    size_t free, total;
+    void *host;
+    CK_ERR(cuCtxGetDevice(&dev), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuCtxSynchronize(), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemAlloc_v2(&p, 4096), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemGetInfo_v2(&free, &total), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemAllocHost_v2(&host, 4096), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuStreamCreate(&s, 0), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuEventCreate(&e, 0), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuStreamSynchronize(NULL), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuStreamQuery_ptsz(NULL), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemAllocAsync(&p, 4096, NULL), CUDA_ERROR_INVALID_CONTEXT);
+    return NULL;
+}
+
+Test(strict, no_current_context_is_invalid_context)
+{
+    CK(cuInit(0));
+    no_context_calls(NULL);
+    use_primary(0);
+    CUdeviceptr p;
+    CK(cuMemAlloc_v2(&p, 4096)); /* this thread now has one; another thread still has none */
+    pthread_t t;
+    pthread_create(&t, NULL, no_context_calls, NULL);
+    pthread_join(t, NULL);
+    CK(cuMemFree_v2(p));
+}
+
 /* ---- slowness knobs ---- */
 
 Test(knobs, copy_rate_delays_copies)
@@ -1338,6 +1386,7 @@ Test(procaddr, resolved_functions_work)
     void *fn;
     CK(cuGetProcAddress_v2("cuInit", &fn, 13000, 0, NULL));
     CK(((CUresult(*)(unsigned))fn)(0));
+    use_primary(0);
     CK(cuGetProcAddress_v2("cuMemAlloc", &fn, 13000, 0, NULL));
     CUdeviceptr p;
     CK(((CUresult(*)(CUdeviceptr *, size_t))fn)(&p, MiB));
@@ -1410,6 +1459,7 @@ static void *vmm_churn(void *arg)
 {
     (void)arg;
     CUstream s;
+    use_primary(0);
     CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
     for (int i = 0; i < 50; i++) {
         CUdeviceptr va = reserve(2 * GRAN), p;
