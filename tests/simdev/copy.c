@@ -10,7 +10,9 @@ static CUresult copy_on(void *dst, const void *src, size_t n, CUstream stream, b
                         int dst_dev, int src_dev)
 {
     struct sd_stream *s;
-    CUresult rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
+    CUresult rc = sync ? sd_capture_unsafe_call() : CUDA_SUCCESS; /* synchronous copies */
+    if (rc == CUDA_SUCCESS)
+        rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
     if (rc == CUDA_SUCCESS)
         rc = sd_sticky(s->ctx);
     if (rc != CUDA_SUCCESS || n == 0)
@@ -38,7 +40,9 @@ static CUresult set(void *dst, uint32_t value, unsigned elem, size_t count, CUst
                     bool per_thread_default, bool sync)
 {
     struct sd_stream *s;
-    CUresult rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
+    CUresult rc = sync ? sd_capture_unsafe_call() : CUDA_SUCCESS; /* synchronous sets */
+    if (rc == CUDA_SUCCESS)
+        rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
     if (rc == CUDA_SUCCESS)
         rc = sd_sticky(s->ctx);
     if (rc != CUDA_SUCCESS || count == 0)

@@ -645,6 +645,8 @@ CUresult cuCtxSynchronize(void)
     SD_ENTER(cuCtxSynchronize);
     struct sd_ctx *ctx;
     CUresult rc = ctx_or_current(NULL, &ctx);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     return rc != CUDA_SUCCESS ? rc : sd_ctx_sync(ctx);
 }
 
@@ -653,5 +655,7 @@ CUresult cuCtxSynchronize_v2(CUcontext handle)
     SD_ENTER(cuCtxSynchronize_v2);
     struct sd_ctx *ctx;
     CUresult rc = ctx_or_current(handle, &ctx);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     return rc != CUDA_SUCCESS ? rc : sd_ctx_sync(ctx);
 }

@@ -135,6 +135,9 @@ CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned 
 CUresult cuEventQuery(CUevent hEvent)
 {
     SD_ENTER(cuEventQuery);
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sd_sched_lock();
     struct sd_event *e = lookup(hEvent);
     CUresult rc = CUDA_ERROR_INVALID_HANDLE;
@@ -150,6 +153,9 @@ CUresult cuEventQuery(CUevent hEvent)
 CUresult cuEventSynchronize(CUevent hEvent)
 {
     SD_ENTER(cuEventSynchronize);
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sd_sched_lock();
     struct sd_event *e = lookup(hEvent);
     struct sd_op *mark = e ? e->mark : NULL;
@@ -212,6 +218,17 @@ static CUresult wait_event(CUstream stream, bool per_thread_default, CUevent han
         return CUDA_ERROR_OUT_OF_MEMORY;
     sd_sched_lock();
     struct sd_event *e = lookup(handle);
+    if (e && e->mark && e->mark->cap) {
+        /* Recorded in a capture: the waiting stream joins that capture
+         * (programming guide, stream capture, "cross-stream dependencies"). */
+        rc = sd_capture_join(s, e->mark->cap);
+        sd_sched_unlock();
+        if (rc != CUDA_SUCCESS) {
+            sd_op_release(op);
+            return rc;
+        }
+        return sd_submit(s, op, NULL);
+    }
     bool ok = e && (!e->mark || e->mark->done || sd_op_add_dep(op, e->mark));
     rc = !e ? CUDA_ERROR_INVALID_HANDLE : !ok ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
     bool needed = op->ndeps > 0;

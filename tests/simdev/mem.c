@@ -124,6 +124,9 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     SD_ENTER(cuMemAlloc_v2);
     if (!dptr || bytesize == 0)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     int dev = current_device();
     if (dev < 0)
         return CUDA_ERROR_INVALID_CONTEXT;
@@ -171,6 +174,9 @@ CUresult cuMemFree_v2(CUdeviceptr dptr)
     SD_ENTER(cuMemFree_v2);
     if (dptr == 0)
         return CUDA_SUCCESS;
+    CUresult unsafe = sd_capture_unsafe_call(); /* an implicit synchronization */
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sd_log("cuMemFree %#llx", dptr);
     return free_region((uintptr_t)dptr, SD_REGION_CLASSIC);
 }
@@ -267,6 +273,9 @@ static CUresult host_alloc(void **pp, size_t bytesize, unsigned flags)
         return CUDA_ERROR_INVALID_VALUE;
     if (current_device() < 0)
         return CUDA_ERROR_INVALID_CONTEXT; /* pinned memory belongs to a context */
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     struct sd_region *r;
     pthread_mutex_lock(&sd_mem_lock);
     CUresult rc = sd_region_create(SD_REGION_PINNED, bytesize, SD_LOC_NONE, &r);
@@ -295,6 +304,9 @@ CUresult cuMemFreeHost(void *p)
     SD_ENTER(cuMemFreeHost);
     if (!p)
         return CUDA_SUCCESS;
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     return free_region((uintptr_t)p, SD_REGION_PINNED);
 }
 

@@ -209,6 +209,14 @@ static CUresult free_async(CUdeviceptr dptr, CUstream stream, bool per_thread_de
     }
 
     op->u.free.block = b;
+    struct sd_capture *cap = sd_stream_capture(s);
+    if (cap) {
+        /* A graph free node: the block stays the graph's (its address is the
+         * same at every launch) and returns to the pool with the graph. */
+        sd_capture_note_free(cap, b);
+        sd_op_release(op);
+        return CUDA_SUCCESS;
+    }
     rc = sd_submit(s, op, NULL);
     if (rc != CUDA_SUCCESS) {
         pthread_mutex_lock(&sd_mem_lock);

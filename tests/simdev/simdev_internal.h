@@ -195,6 +195,7 @@ struct sd_op {
     uint64_t done_ns;
     struct sd_op *next; /* stream queue link */
     struct sd_op *qnext; /* hardware queue link, while not yet dispatched */
+    struct sd_capture *cap; /* recorded into this stream capture instead of queued */
     struct sd_op **deps;
     unsigned ndeps, capdeps;
     union {
@@ -226,6 +227,7 @@ struct sd_stream {
     struct sd_op *head, *tail; /* not yet executed */
     struct sd_op *last;        /* last submitted, referenced: what later work orders after */
     struct sd_hwq *hwq;        /* the hardware queue it was assigned at creation */
+    struct sd_capture *cap;    /* the capture sequence it takes part in; under the sched lock */
     bool dying;
     _Atomic unsigned delay_us;
     pthread_cond_t work;
@@ -258,6 +260,26 @@ CUresult sd_ctx_sync(struct sd_ctx *ctx);
 void sd_ctx_retire_streams(struct sd_ctx *ctx); /* a destroyed context's streams finish and go */
 void sd_device_sync(int dev); /* what cuMemFree's implicit synchronization waits for */
 CUresult sd_sticky(struct sd_ctx *ctx);
+
+/* ---- stream capture and graphs (capture.c) ---- */
+
+struct sd_capture;
+/* Under the sched lock: a captured stream's submission is recorded in its
+ * capture (taking the creator's reference); the result to return. */
+CUresult sd_capture_record(struct sd_capture *cap, struct sd_op *op);
+/* The rule for potentially unsafe calls while captures are active; returns
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (and invalidates the captures it
+ * conflicts with) or CUDA_SUCCESS. Takes the sched lock. */
+CUresult sd_capture_unsafe_call(void);
+/* Under the sched lock: the capture is invalid from now on. */
+void sd_capture_invalidate(struct sd_capture *cap);
+/* Under the sched lock: s joins cap (an event recorded in it was waited on). */
+CUresult sd_capture_join(struct sd_stream *s, struct sd_capture *cap);
+void sd_streams_leave_capture(struct sd_capture *cap); /* stream.c, under the sched lock */
+struct sd_capture *sd_stream_capture(struct sd_stream *s); /* takes the sched lock */
+/* Stream-ordered allocation in a capture: a graph allocation node (the block
+ * belongs to the graph, same address every launch) / a graph free node. */
+void sd_capture_note_free(struct sd_capture *cap, struct sd_region *block); /* takes the sched lock */
 
 /* ---- stream memory operations (memop.c) ---- */
 

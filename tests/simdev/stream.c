@@ -582,6 +582,18 @@ static bool add_implicit_deps(struct sd_stream *s, struct sd_op *op)
 CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
 {
     pthread_mutex_lock(&sched);
+    if (s->cap && !s->dying) {
+        /* Capturing: recorded into the graph, not run (see capture.c). */
+        if (keep)
+            sd_op_ref(op);
+        CUresult rc = sd_capture_record(s->cap, op);
+        if (keep)
+            *keep = rc == CUDA_SUCCESS ? op : NULL;
+        if (keep && rc != CUDA_SUCCESS)
+            sd_op_unref(op);
+        pthread_mutex_unlock(&sched);
+        return rc;
+    }
     if (s->dying || !add_implicit_deps(s, op)) {
         CUresult rc = s->dying ? CUDA_ERROR_INVALID_HANDLE : CUDA_ERROR_OUT_OF_MEMORY;
         sd_op_unref(op);
@@ -690,6 +702,33 @@ void sd_ctx_retire_streams(struct sd_ctx *ctx)
     pthread_mutex_unlock(&sched);
 }
 
+void sd_streams_leave_capture(struct sd_capture *cap)
+{
+    for (struct sd_stream *s = streams; s; s = s->next)
+        if (s->cap == cap)
+            s->cap = NULL;
+}
+
+struct sd_capture *sd_stream_capture(struct sd_stream *s)
+{
+    pthread_mutex_lock(&sched);
+    struct sd_capture *cap = s->cap;
+    pthread_mutex_unlock(&sched);
+    return cap;
+}
+
+/* Synchronizing or querying a capturing stream is not permitted: the capture
+ * is invalidated (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). */
+static CUresult not_capturing(struct sd_stream *s)
+{
+    pthread_mutex_lock(&sched);
+    struct sd_capture *cap = s->cap;
+    if (cap)
+        sd_capture_invalidate(cap);
+    pthread_mutex_unlock(&sched);
+    return cap ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
 /* ---- stream entry points ---- */
 
 static CUresult stream_create(CUstream *phStream, unsigned flags, int priority)
@@ -750,6 +789,10 @@ static CUresult stream_sync(CUstream handle, bool per_thread_default)
 {
     struct sd_stream *s;
     CUresult rc = sd_stream_get(handle, per_thread_default, &s);
+    if (rc == CUDA_SUCCESS)
+        rc = not_capturing(s);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     if (rc != CUDA_SUCCESS)
         return rc;
     if (s->kind == SD_STREAM_LEGACY) {
@@ -785,6 +828,10 @@ static CUresult stream_query(CUstream handle, bool per_thread_default)
 {
     struct sd_stream *s;
     CUresult rc = sd_stream_get(handle, per_thread_default, &s);
+    if (rc == CUDA_SUCCESS)
+        rc = not_capturing(s);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     if (rc != CUDA_SUCCESS)
         return rc;
     rc = sd_sticky(s->ctx);

@@ -1224,6 +1224,231 @@ Test(strict, no_current_context_is_invalid_context)
     CK(cuMemFree_v2(p));
 }
 
+/* ---- stream capture and graphs ---- */
+
+static CUgraphExec end_and_instantiate(CUstream s)
+{
+    CUgraph g;
+    CUgraphExec x;
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuGraphInstantiateWithFlags(&x, g, 0));
+    CK(cuGraphDestroy(g)); /* the instantiation keeps what it needs */
+    return x;
+}
+
+/* Work enqueued on a capturing stream is recorded, not run; the graph runs it
+ * at every launch. */
+Test(capture, work_is_recorded_not_run_and_replays)
+{
+    init();
+    CUstream s;
+    uint32_t *a;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocHost_v2((void **)&a, 64));
+    memset(a, 0, 64);
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(s, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK_ERR(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_ERROR_ILLEGAL_STATE);
+    cuuint64_t id = 0;
+    CK(cuStreamGetCaptureInfo_v3(s, &st, &id, NULL, NULL, NULL, NULL));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    cr_assert_neq(id, 0);
+    CK(cuMemsetD32Async((CUdeviceptr)a, 9, 1, s));
+    CK(cuLaunchHostFunc(s, add_one, &a[1]));
+    usleep(20000);
+    cr_assert_eq(a[0], 0, "captured work ran");
+    CUgraphExec x = end_and_instantiate(s);
+    CK(cuStreamIsCapturing(s, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    cr_assert_eq(a[1], 0);
+    for (int i = 0; i < 3; i++)
+        CK(cuGraphLaunch(x, s));
+    CK(cuStreamSynchronize(s));
+    cr_assert_eq(a[0], 9);
+    cr_assert_eq(a[1], 3);
+    CK(cuGraphExecDestroy(x));
+    CK_ERR(cuStreamBeginCapture_v2(NULL, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+}
+
+static void *query_event(void *ev)
+{
+    use_primary(0);
+    return (void *)(uintptr_t)cuEventQuery((CUevent)ev);
+}
+
+static void *relaxed_query_event(void *ev)
+{
+    use_primary(0);
+    CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    CK(cuThreadExchangeStreamCaptureMode(&m));
+    cr_assert_eq(m, CU_STREAM_CAPTURE_MODE_GLOBAL);
+    return (void *)(uintptr_t)cuEventQuery((CUevent)ev);
+}
+
+static CUresult query_from_thread(void *(*fn)(void *), CUevent ev)
+{
+    pthread_t t;
+    void *ret;
+    pthread_create(&t, NULL, fn, ev);
+    pthread_join(t, &ret);
+    return (CUresult)(uintptr_t)ret;
+}
+
+/* Global mode: an unsafe call (cuEventQuery) from ANY thread not in relaxed
+ * mode fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
+ * capture; cuStreamEndCapture then returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. */
+Test(capture, global_mode_unsafe_call_from_another_thread_invalidates)
+{
+    init();
+    CUstream s;
+    CUevent ev;
+    CUgraph g;
+    uint32_t *a;
+    CK(cuMemAllocHost_v2((void **)&a, 64));
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    cr_assert_eq(query_from_thread(relaxed_query_event, ev), CUDA_SUCCESS, "relaxed threads may query");
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(s, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+    CK_ERR(cuMemsetD32Async((CUdeviceptr)a, 0, 1, s), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    cr_assert_null(g);
+    /* The same calls are fine once no capture is active. */
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_SUCCESS);
+}
+
+/* The capturing thread's own unsafe calls fail in global and thread-local
+ * mode: cuStreamSynchronize/Query of the capturing stream, cuCtxSynchronize,
+ * synchronous copies, cuMemAlloc, cuEventSynchronize. */
+Test(capture, own_unsafe_calls_invalidate_in_global_and_thread_local_mode)
+{
+    init();
+    CUstream s;
+    CUgraph g;
+    CUevent ev;
+    void *h;
+    CUdeviceptr d;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuMemAllocHost_v2(&h, 64));
+    CK(cuMemAlloc_v2(&d, 64));
+    CUstreamCaptureMode modes[2] = {CU_STREAM_CAPTURE_MODE_GLOBAL, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL};
+    for (int m = 0; m < 2; m++) {
+        for (int call = 0; call < 7; call++) {
+            CK(cuStreamBeginCapture_v2(s, modes[m]));
+            CUresult rc = call == 0   ? cuStreamSynchronize(s)
+                          : call == 1 ? cuStreamQuery(s)
+                          : call == 2 ? cuCtxSynchronize()
+                          : call == 3 ? cuMemcpyHtoD_v2(d, h, 64)
+                          : call == 4 ? cuMemAlloc_v2(&d, 64)
+                          : call == 5 ? cuEventSynchronize(ev)
+                                      : cuEventQuery(ev);
+            cr_assert_eq(rc, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "mode %d call %d: %d", m, call, rc);
+            CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        }
+    }
+}
+
+/* Thread-local mode: other threads' unsafe calls are ignored. Relaxed
+ * captures prohibit nothing (but a capturing stream still cannot be synced). */
+Test(capture, thread_local_and_relaxed_modes)
+{
+    init();
+    CUstream s;
+    CUevent ev;
+    CUgraph g;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_SUCCESS);
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuGraphDestroy(g));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK(cuEventQuery(ev));
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_SUCCESS);
+    CK_ERR(cuStreamSynchronize(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+}
+
+/* Capture follows event record/wait across streams: a stream that waits on
+ * an event recorded in a capturing stream joins the capture, and its work is
+ * recorded into the same graph; the origin ends it for all. */
+Test(capture, follows_events_across_streams)
+{
+    init();
+    CUstream a, b;
+    CUevent fork, join;
+    uint32_t *x;
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&fork, CU_EVENT_DISABLE_TIMING));
+    CK(cuEventCreate(&join, CU_EVENT_DISABLE_TIMING));
+    CK(cuMemAllocHost_v2((void **)&x, 64));
+    memset(x, 0, 64);
+    CK(cuStreamBeginCapture_v2(a, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK(cuMemsetD32Async((CUdeviceptr)x, 1, 1, a));
+    CK(cuEventRecord(fork, a));
+    CK(cuStreamWaitEvent(b, fork, 0));
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(b, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE, "b joined the capture");
+    CK(cuMemsetD32Async((CUdeviceptr)(x + 1), 2, 1, b));
+    CK(cuEventRecord(join, b));
+    CK(cuStreamWaitEvent(a, join, 0));
+    CUgraph g;
+    CK_ERR(cuStreamEndCapture(b, &g), CUDA_ERROR_STREAM_CAPTURE_UNMATCHED);
+    CUgraphExec ex = end_and_instantiate(a);
+    CK(cuStreamIsCapturing(b, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    usleep(10000);
+    cr_assert_eq(x[1], 0);
+    CK(cuGraphLaunch(ex, a));
+    CK(cuStreamSynchronize(a));
+    cr_assert_eq(x[0], 1);
+    cr_assert_eq(x[1], 2);
+    CK(cuGraphExecDestroy(ex));
+}
+
+/* cuMemAllocAsync/cuMemFreeAsync in a capture are graph allocation and free
+ * nodes: the address is fixed at capture and the same at every launch; the
+ * memory goes back to the pool with the graph. */
+Test(capture, stream_ordered_allocations_become_graph_nodes)
+{
+    init();
+    CUstream s;
+    CUdeviceptr p;
+    uint32_t *out;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocHost_v2((void **)&out, 64));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    CK(cuMemAllocAsync(&p, 4096, s));
+    CK(cuMemsetD32Async(p, 5, 1024, s));
+    CK(cuMemcpyDtoHAsync_v2(out, p, 64, s));
+    CK(cuMemFreeAsync(p, s));
+    CUgraph g;
+    CUgraphExec x;
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuGraphInstantiateWithFlags(&x, g, 0));
+    for (int i = 0; i < 3; i++) {
+        memset(out, 0, 64);
+        CK(cuGraphLaunch(x, s));
+        CK(cuStreamSynchronize(s));
+        cr_assert_eq(out[15], 5);
+        CUdeviceptr base;
+        CK(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p)); /* still the graph's */
+        cr_assert_eq(base, p);
+    }
+    CK(cuGraphExecDestroy(x));
+    CK(cuGraphDestroy(g));
+    CUdeviceptr base;
+    CK_ERR(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p), CUDA_ERROR_INVALID_VALUE);
+}
+
 /* ---- slowness knobs ---- */
 
 Test(knobs, copy_rate_delays_copies)
