@@ -17,14 +17,20 @@
  *    CU_STREAM_CAPTURE_MODE_GLOBAL, this thread is prohibited from potentially
  *    unsafe API calls."
  *  - THREAD_LOCAL: only the thread's own non-relaxed captures prohibit them.
- *  - RELAXED: "the local thread is not prohibited".
+ *  - RELAXED: "the local thread is not prohibited" (cuda.h, CUstreamCaptureMode),
+ *    but "still prohibited from API calls which necessarily conflict with
+ *    stream capture, for example, attempting cuEventQuery on an event that was
+ *    last recorded inside a capture sequence": CUDA_ERROR_CAPTURED_EVENT, in
+ *    any mode, until the event is recorded again outside a capture.
  * The thread's mode is the one cuThreadExchangeStreamCaptureMode set (GLOBAL
  * until then). A prohibited call returns CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
  * and the capture it conflicts with is invalidated: cuStreamEndCapture then
  * returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and no graph (the failure
  * PyTorch reports as "operation not permitted when stream is capturing" /
  * "capture invalidated" when another thread calls cudaEventQuery during a
- * global-mode capture; hence its use of thread-local or relaxed modes).
+ * global-mode capture; hence its use of thread-local or relaxed modes; the
+ * same rule, mode by mode, is what ROCm fixed in HIP for PyTorch's watchdog
+ * threads: ROCm/rocm-systems#3176, ROCm/hip#3876).
  *
  * Graphs replay their recorded operations in capture order on the launch
  * stream (one linear chain: the simulator does not run forked branches of a
@@ -85,6 +91,7 @@ CUresult sd_capture_record(struct sd_capture *cap, struct sd_op *op)
         g->cap = c;
     }
     op->cap = cap;
+    op->captured = true;
     g->ops[g->n++] = op; /* the creator's reference */
     return CUDA_SUCCESS;
 }

@@ -143,7 +143,9 @@ CUresult cuEventQuery(CUevent hEvent)
     CUresult rc = CUDA_ERROR_INVALID_HANDLE;
     if (e) {
         rc = sd_sticky(e->ctx);
-        if (rc == CUDA_SUCCESS && e->mark && !e->mark->done)
+        if (rc == CUDA_SUCCESS && e->mark && e->mark->captured)
+            rc = CUDA_ERROR_CAPTURED_EVENT; /* last recorded inside a capture (see capture.c) */
+        else if (rc == CUDA_SUCCESS && e->mark && !e->mark->done)
             rc = CUDA_ERROR_NOT_READY;
     }
     sd_sched_unlock();
@@ -160,6 +162,10 @@ CUresult cuEventSynchronize(CUevent hEvent)
     struct sd_event *e = lookup(hEvent);
     struct sd_op *mark = e ? e->mark : NULL;
     struct sd_ctx *ctx = e ? e->ctx : NULL;
+    if (mark && mark->captured) {
+        sd_sched_unlock();
+        return CUDA_ERROR_CAPTURED_EVENT; /* last recorded inside a capture (see capture.c) */
+    }
     if (mark)
         sd_op_ref(mark);
     sd_sched_unlock();

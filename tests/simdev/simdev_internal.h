@@ -196,6 +196,7 @@ struct sd_op {
     struct sd_op *next; /* stream queue link */
     struct sd_op *qnext; /* hardware queue link, while not yet dispatched */
     struct sd_capture *cap; /* recorded into this stream capture instead of queued */
+    bool captured;          /* recorded into a capture (stays set after it ends) */
     struct sd_op **deps;
     unsigned ndeps, capdeps;
     union {

@@ -1426,6 +1426,15 @@ Test(capture, follows_events_across_streams)
     cr_assert_eq(x[0], 1);
     cr_assert_eq(x[1], 2);
     CK(cuGraphExecDestroy(ex));
+    /* An event last recorded inside a capture cannot be queried, in any mode,
+     * until recorded again outside one (CUDA_ERROR_CAPTURED_EVENT). */
+    CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    CK(cuThreadExchangeStreamCaptureMode(&m));
+    CK_ERR(cuEventQuery(join), CUDA_ERROR_CAPTURED_EVENT);
+    CK_ERR(cuEventSynchronize(fork), CUDA_ERROR_CAPTURED_EVENT);
+    CK(cuEventRecord(join, a));
+    CK(cuEventSynchronize(join));
+    CK(cuEventQuery(join));
 }
 
 /* cuMemAllocAsync/cuMemFreeAsync in a capture are graph allocation and free
