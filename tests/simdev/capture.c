@@ -73,7 +73,9 @@ static struct sd_rmap graphs, execs; /* live handles */
 
 static __thread CUstreamCaptureMode thread_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
 
-CUresult sd_capture_record(struct sd_capture *cap, struct sd_op *op)
+bool sd_capture_unjoined(struct sd_capture *cap, const struct sd_stream *origin); /* stream.c */
+
+CUresult sd_capture_record(struct sd_capture *cap, struct sd_stream *s, struct sd_op *op)
 {
     if (cap->invalid) {
         sd_op_unref(op);
@@ -92,6 +94,9 @@ CUresult sd_capture_record(struct sd_capture *cap, struct sd_op *op)
     }
     op->cap = cap;
     op->captured = true;
+    op->cap_stream = s;
+    op->cap_index = g->n + 1;
+    s->cap_last = op->cap_index;
     g->ops[g->n++] = op; /* the creator's reference */
     return CUDA_SUCCESS;
 }
@@ -123,8 +128,13 @@ CUresult sd_capture_unsafe_call(void)
     return rc;
 }
 
-CUresult sd_capture_join(struct sd_stream *s, struct sd_capture *cap)
+CUresult sd_capture_join(struct sd_stream *s, struct sd_op *mark)
 {
+    struct sd_capture *cap = mark->cap;
+    /* The recording stream's work up to the mark is joined into s. */
+    if (mark->cap_stream && mark->cap_stream != s && mark->cap_stream->cap == cap &&
+        mark->cap_stream->cap_joined < mark->cap_index)
+        mark->cap_stream->cap_joined = mark->cap_index;
     if (s->cap == cap)
         return CUDA_SUCCESS;
     if (s->cap) /* two captures may not be merged */
@@ -249,6 +259,14 @@ static CUresult end(CUstream handle, bool per_thread_default, CUgraph *phGraph)
         sd_sched_unlock();
         return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
     }
+    /* "CUDA_ERROR_STREAM_CAPTURE_UNJOINED: the capture sequence contains a
+     * fork that was not joined to the primary stream" (cuda.h): every stream
+     * that joined must have its last captured work waited on again (an event
+     * recorded after it and waited on by another stream of the capture). The
+     * capture is ended and invalid. */
+    bool unjoined = !cap->invalid && sd_capture_unjoined(cap, s);
+    if (unjoined)
+        sd_capture_invalidate(cap);
     for (struct sd_capture **p = &active; *p; p = &(*p)->next)
         if (*p == cap) {
             *p = cap->next;
@@ -267,7 +285,7 @@ static CUresult end(CUstream handle, bool per_thread_default, CUgraph *phGraph)
     if (invalid) {
         graph_free(g);
         *phGraph = NULL;
-        rc = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+        rc = unjoined ? CUDA_ERROR_STREAM_CAPTURE_UNJOINED : CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     } else if (!sd_rmap_insert(&graphs, (uintptr_t)g, 1, g)) {
         graph_free(g);
         rc = CUDA_ERROR_OUT_OF_MEMORY;

@@ -227,7 +227,7 @@ static CUresult wait_event(CUstream stream, bool per_thread_default, CUevent han
     if (e && e->mark && e->mark->cap) {
         /* Recorded in a capture: the waiting stream joins that capture
          * (programming guide, stream capture, "cross-stream dependencies"). */
-        rc = sd_capture_join(s, e->mark->cap);
+        rc = sd_capture_join(s, e->mark);
         sd_sched_unlock();
         if (rc != CUDA_SUCCESS) {
             sd_op_release(op);

@@ -197,6 +197,8 @@ struct sd_op {
     struct sd_op *qnext; /* hardware queue link, while not yet dispatched */
     struct sd_capture *cap; /* recorded into this stream capture instead of queued */
     bool captured;          /* recorded into a capture (stays set after it ends) */
+    struct sd_stream *cap_stream; /* the stream it was captured on */
+    size_t cap_index;             /* its position in the capture, from 1 */
     struct sd_op **deps;
     unsigned ndeps, capdeps;
     union {
@@ -229,6 +231,7 @@ struct sd_stream {
     struct sd_op *last;        /* last submitted, referenced: what later work orders after */
     struct sd_hwq *hwq;        /* the hardware queue it was assigned at creation */
     struct sd_capture *cap;    /* the capture sequence it takes part in; under the sched lock */
+    size_t cap_last, cap_joined; /* positions: its last captured op, the last joined back */
     bool dying;
     _Atomic unsigned delay_us;
     pthread_cond_t work;
@@ -267,7 +270,10 @@ CUresult sd_sticky(struct sd_ctx *ctx);
 struct sd_capture;
 /* Under the sched lock: a captured stream's submission is recorded in its
  * capture (taking the creator's reference); the result to return. */
-CUresult sd_capture_record(struct sd_capture *cap, struct sd_op *op);
+CUresult sd_capture_record(struct sd_capture *cap, struct sd_stream *s, struct sd_op *op);
+/* Under the sched lock: legacy-stream work while a blocking stream of its
+ * context captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, captures invalidated). */
+CUresult sd_capture_legacy_check(struct sd_stream *legacy);
 /* The rule for potentially unsafe calls while captures are active; returns
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (and invalidates the captures it
  * conflicts with) or CUDA_SUCCESS. Takes the sched lock. */
@@ -275,7 +281,7 @@ CUresult sd_capture_unsafe_call(void);
 /* Under the sched lock: the capture is invalid from now on. */
 void sd_capture_invalidate(struct sd_capture *cap);
 /* Under the sched lock: s joins cap (an event recorded in it was waited on). */
-CUresult sd_capture_join(struct sd_stream *s, struct sd_capture *cap);
+CUresult sd_capture_join(struct sd_stream *s, struct sd_op *mark); /* mark: an event's record op in a capture */
 void sd_streams_leave_capture(struct sd_capture *cap); /* stream.c, under the sched lock */
 struct sd_capture *sd_stream_capture(struct sd_stream *s); /* takes the sched lock */
 /* Stream-ordered allocation in a capture: a graph allocation node (the block

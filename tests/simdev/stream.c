@@ -586,7 +586,7 @@ CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
         /* Capturing: recorded into the graph, not run (see capture.c). */
         if (keep)
             sd_op_ref(op);
-        CUresult rc = sd_capture_record(s->cap, op);
+        CUresult rc = sd_capture_record(s->cap, s, op);
         if (keep)
             *keep = rc == CUDA_SUCCESS ? op : NULL;
         if (keep && rc != CUDA_SUCCESS)
@@ -599,6 +599,14 @@ CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
         sd_op_unref(op);
         pthread_mutex_unlock(&sched);
         return rc;
+    }
+    if (s->kind == SD_STREAM_LEGACY) {
+        CUresult rc = sd_capture_legacy_check(s);
+        if (rc != CUDA_SUCCESS) {
+            sd_op_unref(op);
+            pthread_mutex_unlock(&sched);
+            return rc;
+        }
     }
     op->next = NULL;
     if (s->tail)
@@ -705,8 +713,34 @@ void sd_ctx_retire_streams(struct sd_ctx *ctx)
 void sd_streams_leave_capture(struct sd_capture *cap)
 {
     for (struct sd_stream *s = streams; s; s = s->next)
-        if (s->cap == cap)
+        if (s->cap == cap) {
             s->cap = NULL;
+            s->cap_last = s->cap_joined = 0;
+        }
+}
+
+bool sd_capture_unjoined(struct sd_capture *cap, const struct sd_stream *origin)
+{
+    for (struct sd_stream *s = streams; s; s = s->next)
+        if (s->cap == cap && s != origin && s->cap_last > s->cap_joined)
+            return true;
+    return false;
+}
+
+/* The legacy stream synchronizes implicitly with every blocking stream of
+ * its context; with one of them capturing, that dependency cannot be
+ * captured: "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: ... a disallowed implicit
+ * dependency on a current capture sequence from cudaStreamLegacy" (cuda.h),
+ * and the capture is invalidated. */
+CUresult sd_capture_legacy_check(struct sd_stream *legacy)
+{
+    CUresult rc = CUDA_SUCCESS;
+    for (struct sd_stream *t = streams; t; t = t->next)
+        if (t->cap && t->ctx == legacy->ctx && blocking(t)) {
+            sd_capture_invalidate(t->cap);
+            rc = CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+        }
+    return rc;
 }
 
 struct sd_capture *sd_stream_capture(struct sd_stream *s)

@@ -1437,6 +1437,37 @@ Test(capture, follows_events_across_streams)
     CK(cuEventQuery(join));
 }
 
+/* A forked stream whose last work was not joined back: UNJOINED. The legacy
+ * stream used while a blocking stream captures: STREAM_CAPTURE_IMPLICIT, and
+ * the capture is invalidated. */
+Test(capture, unjoined_forks_and_implicit_legacy_dependencies_fail)
+{
+    init();
+    CUstream a, b, blk;
+    CUevent fork;
+    CUgraph g;
+    uint32_t *x;
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&blk, 0));
+    CK(cuEventCreate(&fork, CU_EVENT_DISABLE_TIMING));
+    CK(cuMemAllocHost_v2((void **)&x, 64));
+    CK(cuStreamBeginCapture_v2(a, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK(cuEventRecord(fork, a));
+    CK(cuStreamWaitEvent(b, fork, 0));
+    CK(cuMemsetD32Async((CUdeviceptr)x, 1, 1, b)); /* never joined back into a */
+    CK_ERR(cuStreamEndCapture(a, &g), CUDA_ERROR_STREAM_CAPTURE_UNJOINED);
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(b, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+
+    CK(cuStreamBeginCapture_v2(blk, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK_ERR(cuMemsetD32Async((CUdeviceptr)x, 1, 1, NULL), CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    CK_ERR(cuStreamEndCapture(blk, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    CK(cuMemsetD32Async((CUdeviceptr)x, 1, 1, NULL)); /* fine again */
+    CK(cuStreamSynchronize(NULL));
+}
+
 /* cuMemAllocAsync/cuMemFreeAsync in a capture are graph allocation and free
  * nodes: the address is fixed at capture and the same at every launch; the
  * memory goes back to the pool with the graph. */
