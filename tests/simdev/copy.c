@@ -6,10 +6,13 @@
 
 #define ADDR(p) ((void *)(uintptr_t)(p))
 
-static CUresult copy(void *dst, const void *src, size_t n, CUstream stream, bool per_thread_default, bool sync)
+static CUresult copy_on(void *dst, const void *src, size_t n, CUstream stream, bool per_thread_default, bool sync,
+                        int dst_dev, int src_dev)
 {
     struct sd_stream *s;
-    CUresult rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
+    CUresult rc = sync ? sd_capture_unsafe_call() : CUDA_SUCCESS; /* synchronous copies */
+    if (rc == CUDA_SUCCESS)
+        rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
     if (rc == CUDA_SUCCESS)
         rc = sd_sticky(s->ctx);
     if (rc != CUDA_SUCCESS || n == 0)
@@ -22,14 +25,24 @@ static CUresult copy(void *dst, const void *src, size_t n, CUstream stream, bool
     op->u.copy.dst = dst;
     op->u.copy.src = src;
     op->u.copy.n = n;
+    op->u.copy.dst_dev = dst_dev;
+    op->u.copy.src_dev = src_dev;
     return sync ? sd_submit_wait(s, op) : sd_submit(s, op, NULL);
+}
+
+/* A copy runs on its stream's device, which needs access to both ends. */
+static CUresult copy(void *dst, const void *src, size_t n, CUstream stream, bool per_thread_default, bool sync)
+{
+    return copy_on(dst, src, n, stream, per_thread_default, sync, -1, -1);
 }
 
 static CUresult set(void *dst, uint32_t value, unsigned elem, size_t count, CUstream stream,
                     bool per_thread_default, bool sync)
 {
     struct sd_stream *s;
-    CUresult rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
+    CUresult rc = sync ? sd_capture_unsafe_call() : CUDA_SUCCESS; /* synchronous sets */
+    if (rc == CUDA_SUCCESS)
+        rc = sd_stream_get(sync ? NULL : stream, per_thread_default, &s);
     if (rc == CUDA_SUCCESS)
         rc = sd_sticky(s->ctx);
     if (rc != CUDA_SUCCESS || count == 0)
@@ -80,19 +93,24 @@ COPY_ASYNC(cuMemcpyDtoHAsync_v2_ptsz, true, void *, CUdeviceptr)
 COPY_ASYNC(cuMemcpyDtoDAsync_v2, false, CUdeviceptr, CUdeviceptr)
 COPY_ASYNC(cuMemcpyDtoDAsync_v2_ptsz, true, CUdeviceptr, CUdeviceptr)
 
-/* Peer copies: all devices share the host's address space. */
+/* Peer copies: all devices share the host's address space. Each end is
+ * accessed by the device of its own context (cuMemcpyPeer needs no peer
+ * access), so each end is checked against that device. */
 static CUresult peer_contexts_valid(CUcontext dst, CUcontext src)
 {
     return sd_ctx_valid((struct sd_ctx *)dst) && sd_ctx_valid((struct sd_ctx *)src) ? CUDA_SUCCESS
                                                                                      : CUDA_ERROR_INVALID_CONTEXT;
 }
 
+#define PEER_DEV(c) (((struct sd_ctx *)(c))->dev)
+
 CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext,
                       size_t ByteCount)
 {
     SD_ENTER(cuMemcpyPeer);
     CUresult rc = peer_contexts_valid(dstContext, srcContext);
-    return rc ? rc : copy(ADDR(dstDevice), ADDR(srcDevice), ByteCount, NULL, false, true);
+    return rc ? rc : copy_on(ADDR(dstDevice), ADDR(srcDevice), ByteCount, NULL, false, true,
+                             PEER_DEV(dstContext), PEER_DEV(srcContext));
 }
 
 CUresult cuMemcpyPeer_ptds(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext,
@@ -100,7 +118,8 @@ CUresult cuMemcpyPeer_ptds(CUdeviceptr dstDevice, CUcontext dstContext, CUdevice
 {
     SD_ENTER(cuMemcpyPeer_ptds);
     CUresult rc = peer_contexts_valid(dstContext, srcContext);
-    return rc ? rc : copy(ADDR(dstDevice), ADDR(srcDevice), ByteCount, NULL, true, true);
+    return rc ? rc : copy_on(ADDR(dstDevice), ADDR(srcDevice), ByteCount, NULL, true, true,
+                             PEER_DEV(dstContext), PEER_DEV(srcContext));
 }
 
 CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice,
@@ -108,7 +127,8 @@ CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdevice
 {
     SD_ENTER(cuMemcpyPeerAsync);
     CUresult rc = peer_contexts_valid(dstContext, srcContext);
-    return rc ? rc : copy(ADDR(dstDevice), ADDR(srcDevice), ByteCount, hStream, false, false);
+    return rc ? rc : copy_on(ADDR(dstDevice), ADDR(srcDevice), ByteCount, hStream, false, false,
+                             PEER_DEV(dstContext), PEER_DEV(srcContext));
 }
 
 CUresult cuMemcpyPeerAsync_ptsz(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice,
@@ -116,7 +136,8 @@ CUresult cuMemcpyPeerAsync_ptsz(CUdeviceptr dstDevice, CUcontext dstContext, CUd
 {
     SD_ENTER(cuMemcpyPeerAsync_ptsz);
     CUresult rc = peer_contexts_valid(dstContext, srcContext);
-    return rc ? rc : copy(ADDR(dstDevice), ADDR(srcDevice), ByteCount, hStream, true, false);
+    return rc ? rc : copy_on(ADDR(dstDevice), ADDR(srcDevice), ByteCount, hStream, true, false,
+                             PEER_DEV(dstContext), PEER_DEV(srcContext));
 }
 
 /* ---- sets ---- */

@@ -40,12 +40,17 @@ bool sd_dev_valid(CUdevice dev)
     return dev >= 0 && dev < sd_cfg.ndev;
 }
 
+/* The calling thread's current context, or NULL. The driver does not fall
+ * back to a device's primary context: a call that needs the current context
+ * returns CUDA_ERROR_INVALID_CONTEXT when the thread has none (the runtime
+ * API makes the primary context current for its callers; driver API users
+ * must cuCtxSetCurrent/cuCtxPushCurrent themselves). */
 struct sd_ctx *sd_ctx_current(void)
 {
     pthread_once(&primaries_once, primaries_init);
     if (ctx_depth > 0 && ctx_stack[ctx_depth - 1])
         return ctx_stack[ctx_depth - 1];
-    return &primaries[0];
+    return NULL;
 }
 
 bool sd_ctx_valid(struct sd_ctx *ctx)
@@ -548,12 +553,12 @@ CUresult cuCtxGetCurrent(CUcontext *pctx)
     return CUDA_SUCCESS;
 }
 
-/* A NULL handle means the current context (device 0's primary when none). */
+/* A NULL handle means the current context; none is CUDA_ERROR_INVALID_CONTEXT. */
 static CUresult ctx_or_current(CUcontext handle, struct sd_ctx **out)
 {
     NEED_INIT();
     struct sd_ctx *ctx = handle ? (struct sd_ctx *)handle : sd_ctx_current();
-    if (!sd_ctx_valid(ctx))
+    if (!ctx || !sd_ctx_valid(ctx))
         return CUDA_ERROR_INVALID_CONTEXT;
     *out = ctx;
     return CUDA_SUCCESS;
@@ -640,6 +645,8 @@ CUresult cuCtxSynchronize(void)
     SD_ENTER(cuCtxSynchronize);
     struct sd_ctx *ctx;
     CUresult rc = ctx_or_current(NULL, &ctx);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     return rc != CUDA_SUCCESS ? rc : sd_ctx_sync(ctx);
 }
 
@@ -648,5 +655,7 @@ CUresult cuCtxSynchronize_v2(CUcontext handle)
     SD_ENTER(cuCtxSynchronize_v2);
     struct sd_ctx *ctx;
     CUresult rc = ctx_or_current(handle, &ctx);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     return rc != CUDA_SUCCESS ? rc : sd_ctx_sync(ctx);
 }

@@ -27,11 +27,14 @@ CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
         return CUDA_ERROR_INVALID_VALUE;
     if ((Flags & CU_EVENT_INTERPROCESS) && !(Flags & CU_EVENT_DISABLE_TIMING))
         return CUDA_ERROR_INVALID_VALUE;
+    struct sd_ctx *ctx = sd_ctx_current();
+    if (!ctx)
+        return CUDA_ERROR_INVALID_CONTEXT;
     struct sd_event *e = calloc(1, sizeof *e);
     if (!e)
         return CUDA_ERROR_OUT_OF_MEMORY;
     e->flags = Flags;
-    e->ctx = sd_ctx_current();
+    e->ctx = ctx;
     sd_sched_lock();
     bool ok = sd_rmap_insert(&events, (uintptr_t)e, 1, e);
     sd_sched_unlock();
@@ -132,12 +135,17 @@ CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned 
 CUresult cuEventQuery(CUevent hEvent)
 {
     SD_ENTER(cuEventQuery);
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sd_sched_lock();
     struct sd_event *e = lookup(hEvent);
     CUresult rc = CUDA_ERROR_INVALID_HANDLE;
     if (e) {
         rc = sd_sticky(e->ctx);
-        if (rc == CUDA_SUCCESS && e->mark && !e->mark->done)
+        if (rc == CUDA_SUCCESS && e->mark && e->mark->captured)
+            rc = CUDA_ERROR_CAPTURED_EVENT; /* last recorded inside a capture (see capture.c) */
+        else if (rc == CUDA_SUCCESS && e->mark && !e->mark->done)
             rc = CUDA_ERROR_NOT_READY;
     }
     sd_sched_unlock();
@@ -147,10 +155,17 @@ CUresult cuEventQuery(CUevent hEvent)
 CUresult cuEventSynchronize(CUevent hEvent)
 {
     SD_ENTER(cuEventSynchronize);
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sd_sched_lock();
     struct sd_event *e = lookup(hEvent);
     struct sd_op *mark = e ? e->mark : NULL;
     struct sd_ctx *ctx = e ? e->ctx : NULL;
+    if (mark && mark->captured) {
+        sd_sched_unlock();
+        return CUDA_ERROR_CAPTURED_EVENT; /* last recorded inside a capture (see capture.c) */
+    }
     if (mark)
         sd_op_ref(mark);
     sd_sched_unlock();
@@ -209,6 +224,17 @@ static CUresult wait_event(CUstream stream, bool per_thread_default, CUevent han
         return CUDA_ERROR_OUT_OF_MEMORY;
     sd_sched_lock();
     struct sd_event *e = lookup(handle);
+    if (e && e->mark && e->mark->cap) {
+        /* Recorded in a capture: the waiting stream joins that capture
+         * (programming guide, stream capture, "cross-stream dependencies"). */
+        rc = sd_capture_join(s, e->mark);
+        sd_sched_unlock();
+        if (rc != CUDA_SUCCESS) {
+            sd_op_release(op);
+            return rc;
+        }
+        return sd_submit(s, op, NULL);
+    }
     bool ok = e && (!e->mark || e->mark->done || sd_op_add_dep(op, e->mark));
     rc = !e ? CUDA_ERROR_INVALID_HANDLE : !ok ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
     bool needed = op->ndeps > 0;

@@ -94,9 +94,11 @@ void sd_region_drop(struct sd_region *r)
     free(r);
 }
 
+/* The current context's device, or -1 without one (CUDA_ERROR_INVALID_CONTEXT). */
 static int current_device(void)
 {
-    return sd_ctx_current()->dev;
+    struct sd_ctx *ctx = sd_ctx_current();
+    return ctx ? ctx->dev : -1;
 }
 
 /* ---- classic device memory ---- */
@@ -108,6 +110,8 @@ CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
         return CUDA_ERROR_INVALID_VALUE;
     pthread_once(&caps_once, caps_init);
     int dev = current_device();
+    if (dev < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
     pthread_mutex_lock(&sd_mem_lock);
     *total = dev_cap[dev];
     *free = dev_used[dev] < dev_cap[dev] ? dev_cap[dev] - dev_used[dev] : 0;
@@ -120,7 +124,12 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     SD_ENTER(cuMemAlloc_v2);
     if (!dptr || bytesize == 0)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     int dev = current_device();
+    if (dev < 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
     struct sd_region *r;
     pthread_mutex_lock(&sd_mem_lock);
     CUresult rc = sd_region_create(SD_REGION_CLASSIC, bytesize, dev, &r);
@@ -165,6 +174,9 @@ CUresult cuMemFree_v2(CUdeviceptr dptr)
     SD_ENTER(cuMemFree_v2);
     if (dptr == 0)
         return CUDA_SUCCESS;
+    CUresult unsafe = sd_capture_unsafe_call(); /* an implicit synchronization */
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sd_log("cuMemFree %#llx", dptr);
     return free_region((uintptr_t)dptr, SD_REGION_CLASSIC);
 }
@@ -259,6 +271,11 @@ static CUresult host_alloc(void **pp, size_t bytesize, unsigned flags)
     const unsigned known = CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED;
     if (!pp || bytesize == 0 || (flags & ~known))
         return CUDA_ERROR_INVALID_VALUE;
+    if (current_device() < 0)
+        return CUDA_ERROR_INVALID_CONTEXT; /* pinned memory belongs to a context */
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     struct sd_region *r;
     pthread_mutex_lock(&sd_mem_lock);
     CUresult rc = sd_region_create(SD_REGION_PINNED, bytesize, SD_LOC_NONE, &r);
@@ -287,6 +304,9 @@ CUresult cuMemFreeHost(void *p)
     SD_ENTER(cuMemFreeHost);
     if (!p)
         return CUDA_SUCCESS;
+    CUresult unsafe = sd_capture_unsafe_call();
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     return free_region((uintptr_t)p, SD_REGION_PINNED);
 }
 
@@ -294,6 +314,14 @@ CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned int 
 {
     SD_ENTER(cuMemHostGetDevicePointer_v2);
     if (!pdptr || !p || Flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    /* "will fail if the CU_MEMHOSTALLOC_DEVICEMAP flag was not specified at
+     * the time the memory was allocated" (cuMemHostGetDevicePointer). */
+    pthread_mutex_lock(&sd_mem_lock);
+    struct sd_region *r = sd_rmap_find(&sd_regions, (uintptr_t)p);
+    bool ok = r && r->kind == SD_REGION_PINNED && (r->flags & CU_MEMHOSTALLOC_DEVICEMAP);
+    pthread_mutex_unlock(&sd_mem_lock);
+    if (!ok)
         return CUDA_ERROR_INVALID_VALUE;
     *pdptr = (CUdeviceptr)(uintptr_t)p; /* unified addressing: the same address */
     return CUDA_SUCCESS;

@@ -1,4 +1,8 @@
-/* Stream memory operations: cuStreamWaitValue32/64 blocks a stream until a
+/* Stream memory operations: the address must be visible to the stream's
+ * device (cuStreamWaitValue32: memory from cuMemAlloc, a mapping the device
+ * may access, or mapped pinned host memory whose device pointer comes from
+ * cuMemHostGetDevicePointer); anything else is refused at the call.
+ * cuStreamWaitValue32/64 blocks a stream until a
  * word in memory satisfies a condition (libckpt holds streams still with it
  * while it swaps a VA); cuStreamWriteValue32/64 writes one in stream order.
  * The worker polls the word, backing off up to a millisecond. */
@@ -52,6 +56,12 @@ void sd_memop_run(struct sd_stream *s, struct sd_op *op)
 {
     struct word_access a = {op, 0};
     void *addr = NULL;
+    const void *where = NULL;
+    if (!sd_device_may_touch(s->ctx->dev, op->u.value.addr, op->u.value.width, op->kind == SD_OP_WRITE_VALUE,
+                             &where)) {
+        sd_fault_record(s->ctx, (void *)where, sd_op_name(op->kind), s->id);
+        return;
+    }
     if (op->kind == SD_OP_WRITE_VALUE) {
         if (!sd_guarded(store_word, &a, &addr))
             sd_fault_record(s->ctx, addr, sd_op_name(op->kind), s->id);
@@ -81,6 +91,8 @@ static CUresult enqueue(CUstream stream, bool per_thread_default, enum sd_op_kin
         rc = sd_sticky(s->ctx);
     if (rc != CUDA_SUCCESS)
         return rc;
+    if (!sd_device_visible(s->ctx->dev, (uintptr_t)addr, width))
+        return CUDA_ERROR_INVALID_VALUE;
     struct sd_op *op = sd_op_new(kind);
     if (!op)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -159,6 +171,9 @@ static CUresult batch(CUstream stream, bool per_thread_default, unsigned count, 
     CUresult rc = sd_stream_get(stream, per_thread_default, &s);
     if (rc == CUDA_SUCCESS)
         rc = sd_sticky(s->ctx);
+    for (unsigned i = 0; rc == CUDA_SUCCESS && i < count; i++)
+        if (!sd_device_visible(s->ctx->dev, (uintptr_t)items[i].u.value.addr, items[i].u.value.width))
+            rc = CUDA_ERROR_INVALID_VALUE;
     struct sd_op *op = rc == CUDA_SUCCESS ? sd_op_new(SD_OP_BATCH) : NULL;
     if (!op) {
         free(items);

@@ -17,6 +17,7 @@ struct sd_pool {
     uint64_t used, used_high;         /* blocks handed out and not yet freed in stream order */
     uint64_t reserved, reserved_high; /* used + cached */
     int reuse[3];                     /* the REUSE_* attributes, stored only */
+    CUmemAccess_flags access[SD_MAX_DEVICES]; /* cuMemPoolSetAccess; the owner device: read-write */
     struct sd_region *cached;
 };
 
@@ -31,6 +32,8 @@ static struct sd_pool *pool_new(const CUmemPoolProps *props, int loc)
         return NULL;
     p->props = *props;
     p->loc = loc;
+    if (loc >= 0 && loc < SD_MAX_DEVICES)
+        p->access[loc] = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     p->reuse[0] = p->reuse[1] = p->reuse[2] = 1;
     if (!sd_rmap_insert(&pools, (uintptr_t)p, 1, p)) {
         free(p);
@@ -206,6 +209,14 @@ static CUresult free_async(CUdeviceptr dptr, CUstream stream, bool per_thread_de
     }
 
     op->u.free.block = b;
+    struct sd_capture *cap = sd_stream_capture(s);
+    if (cap) {
+        /* A graph free node: the block stays the graph's (its address is the
+         * same at every launch) and returns to the pool with the graph. */
+        sd_capture_note_free(cap, b);
+        sd_op_release(op);
+        return CUDA_SUCCESS;
+    }
     rc = sd_submit(s, op, NULL);
     if (rc != CUDA_SUCCESS) {
         pthread_mutex_lock(&sd_mem_lock);
@@ -239,8 +250,12 @@ static CUresult props_location(const CUmemPoolProps *props, int *loc)
             return CUDA_ERROR_INVALID_DEVICE;
         *loc = props->location.id;
         return CUDA_SUCCESS;
-    case CU_MEM_LOCATION_TYPE_HOST:
     case CU_MEM_LOCATION_TYPE_HOST_NUMA:
+        if (props->location.id < 0 || props->location.id >= sd_cfg.host_numa_nodes)
+            return CUDA_ERROR_INVALID_VALUE; /* a host NUMA node id, checked */
+        *loc = SD_LOC_HOST;
+        return CUDA_SUCCESS;
+    case CU_MEM_LOCATION_TYPE_HOST:
     case CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT:
         *loc = SD_LOC_HOST;
         return CUDA_SUCCESS;
@@ -355,6 +370,63 @@ CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void
     }
     pthread_mutex_unlock(&sd_mem_lock);
     return rc;
+}
+
+/* ---- access from other devices ---- */
+
+/* A pool's memory is accessible from its own device; other devices get
+ * access only through cuMemPoolSetAccess ("Controls visibility of pools
+ * between devices", cuda.h), which applies to every block of the pool,
+ * allocated before or after (CUDA programming guide, stream-ordered memory
+ * allocator, "Device accessibility for multi-GPU support"). Host-located
+ * pools grant no device until it is set. Under sd_mem_lock. */
+bool sd_pool_grants(struct sd_pool *p, int dev, bool write)
+{
+    if (dev < 0 || dev >= SD_MAX_DEVICES)
+        return false;
+    CUmemAccess_flags need = write ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : CU_MEM_ACCESS_FLAGS_PROT_READ;
+    return (p->access[dev] & need) == need;
+}
+
+CUresult cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc *map, size_t count)
+{
+    SD_ENTER(cuMemPoolSetAccess);
+    if (!map || count == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < count; i++) {
+        CUmemAccess_flags f = map[i].flags;
+        if (map[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || !sd_dev_valid(map[i].location.id) ||
+            (f != CU_MEM_ACCESS_FLAGS_PROT_NONE && f != CU_MEM_ACCESS_FLAGS_PROT_READ &&
+             f != CU_MEM_ACCESS_FLAGS_PROT_READWRITE))
+            return CUDA_ERROR_INVALID_VALUE;
+    }
+    CUresult rc = CUDA_SUCCESS;
+    pthread_mutex_lock(&sd_mem_lock);
+    struct sd_pool *p = lookup(pool);
+    if (!p)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; p && rc == CUDA_SUCCESS && i < count; i++)
+        if (map[i].location.id == p->loc && map[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            rc = CUDA_ERROR_INVALID_VALUE; /* the owner's own access cannot be taken away */
+    for (size_t i = 0; p && rc == CUDA_SUCCESS && i < count; i++)
+        p->access[map[i].location.id] = map[i].flags;
+    pthread_mutex_unlock(&sd_mem_lock);
+    return rc;
+}
+
+CUresult cuMemPoolGetAccess(CUmemAccess_flags *flags, CUmemoryPool memPool, CUmemLocation *location)
+{
+    SD_ENTER(cuMemPoolGetAccess);
+    if (!flags || !location || location->type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!sd_dev_valid(location->id))
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&sd_mem_lock);
+    struct sd_pool *p = lookup(memPool);
+    if (p)
+        *flags = p->access[location->id];
+    pthread_mutex_unlock(&sd_mem_lock);
+    return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 /* ---- device pools ---- */

@@ -4,7 +4,17 @@
  *   SIMDEV_DEVICES          number of devices (default 1, at most 16)
  *   SIMDEV_DEVICE_BYTES     capacity of each device (default 16 GiB; K/M/G/T suffixes)
  *   SIMDEV_HOST_BYTES       capacity for host-located VMM memory (default 8 GiB)
- *   SIMDEV_GRANULARITY      VMM granularity (default 2 MiB, a power of two >= page size)
+ *   SIMDEV_GRANULARITY      VMM granularity of device memory (default 2 MiB, a power of
+ *                           two >= page size)
+ *   SIMDEV_HOST_GRANULARITY VMM granularity of host-located memory (HOST, HOST_NUMA), which
+ *                           cuMemGetAllocationGranularity reports per location type; unset:
+ *                           the device granularity (TEMPORARY, until libckpt queries it;
+ *                           4M is the strict setting simdev's own tests use)
+ *   SIMDEV_HOST_NUMA_NODES  host NUMA nodes: valid CU_MEM_LOCATION_TYPE_HOST_NUMA ids are
+ *                           0 .. n-1 (default 1)
+ *   CUDA_DEVICE_MAX_CONNECTIONS  hardware work queues per context, 1..32 (default 8), as
+ *                           the driver reads it: streams share them round-robin and a
+ *                           blocked operation blocks every stream of its queue
  *   SIMDEV_STREAM_DELAY_US  sleep before each operation of every stream, pure waits
  *                           (cuStreamWaitEvent, stream barriers) excepted (default 0)
  *   SIMDEV_COPY_GBPS        copies take bytes / (rate * 1e9) seconds (default 0: no delay)

@@ -24,9 +24,12 @@ struct sd_config {
     int ndev;
     size_t device_bytes;
     size_t host_bytes;
-    size_t granularity;
+    size_t granularity;      /* device-located VMM memory */
+    size_t host_granularity; /* host-located VMM memory (SIMDEV_HOST_GRANULARITY) */
+    int host_numa_nodes;     /* valid CU_MEM_LOCATION_TYPE_HOST_NUMA ids: 0 .. n-1 */
     unsigned stream_delay_us;
     double copy_gbps;
+    unsigned max_connections; /* CUDA_DEVICE_MAX_CONNECTIONS: hardware work queues per context */
     int debug; /* 1: decisions, 2: also every stream operation as it runs */
 };
 extern struct sd_config sd_cfg;
@@ -99,11 +102,13 @@ struct sd_ctx {
     unsigned long long id;
     _Atomic int sticky;       /* CUresult of a fault, 0 while healthy */
     struct sd_stream *legacy; /* created on first use, under the sched lock */
+    struct sd_hwq *hwq;       /* max_connections hardware queues, created with the first stream */
+    unsigned hwq_next;        /* round-robin assignment of the next stream */
     struct sd_ctx *next;      /* all contexts ever created */
 };
 
 bool sd_dev_valid(CUdevice dev);
-struct sd_ctx *sd_ctx_current(void); /* device 0's primary context when none is current */
+struct sd_ctx *sd_ctx_current(void); /* NULL when none is current: CUDA_ERROR_INVALID_CONTEXT */
 bool sd_ctx_valid(struct sd_ctx *ctx);
 void sd_ctx_foreach(void (*fn)(struct sd_ctx *, void *), void *arg);
 
@@ -156,6 +161,17 @@ void sd_pool_free_done(struct sd_region *block); /* run by a stream worker */
 
 /* The mapping holding addr (under sd_mem_lock); loc may be NULL. */
 bool sd_vmm_range(uintptr_t addr, uintptr_t *base, size_t *size, int *loc);
+/* Whether device `dev` may touch [addr, addr + n) (for writing when `write`):
+ * VMM mappings need cuMemSetAccess for that device, stream-ordered pool blocks
+ * the pool's device or cuMemPoolSetAccess. Memory of other kinds, and
+ * reserved ranges left unmapped, are left to the page protection. Takes
+ * sd_mem_lock. *where: the first byte refused. */
+bool sd_device_may_touch(int dev, const void *addr, size_t n, bool write, const void **where);
+bool sd_pool_grants(struct sd_pool *pool, int dev, bool write); /* pool.c, under sd_mem_lock */
+/* Whether [addr, addr + n) may be named by a stream memory operation of
+ * device `dev`: device memory, a mapping that device may access, or pinned
+ * host memory mapped for the device (CU_MEMHOSTALLOC_DEVICEMAP). */
+bool sd_device_visible(int dev, uintptr_t addr, size_t n);
 
 /* ---- the stream engine (stream.c) ---- */
 
@@ -177,11 +193,16 @@ struct sd_op {
     int refs; /* queue + waiters + events + dependants; under the sched lock */
     bool done;
     uint64_t done_ns;
-    struct sd_op *next; /* queue link */
+    struct sd_op *next; /* stream queue link */
+    struct sd_op *qnext; /* hardware queue link, while not yet dispatched */
+    struct sd_capture *cap; /* recorded into this stream capture instead of queued */
+    bool captured;          /* recorded into a capture (stays set after it ends) */
+    struct sd_stream *cap_stream; /* the stream it was captured on */
+    size_t cap_index;             /* its position in the capture, from 1 */
     struct sd_op **deps;
     unsigned ndeps, capdeps;
     union {
-        struct { void *dst; const void *src; size_t n; } copy;
+        struct { void *dst; const void *src; size_t n; int dst_dev, src_dev; /* -1: the stream's */ } copy;
         struct { void *dst; uint32_t value; unsigned elem; size_t count; } set;
         struct { CUhostFn fn; void *data; } hostfn;
         struct { CUstreamCallback fn; CUstream handle; void *data; } callback;
@@ -193,6 +214,13 @@ struct sd_op {
 
 enum sd_stream_kind { SD_STREAM_USER, SD_STREAM_LEGACY, SD_STREAM_PER_THREAD };
 
+/* A hardware work queue (a "connection"): the streams assigned to it share one
+ * in-order FIFO of the operations submitted to any of them. */
+struct sd_hwq {
+    struct sd_op *head, *tail; /* submitted, not yet dispatched */
+    unsigned index;
+};
+
 struct sd_stream {
     enum sd_stream_kind kind;
     struct sd_ctx *ctx;
@@ -201,6 +229,9 @@ struct sd_stream {
     unsigned long long id;
     struct sd_op *head, *tail; /* not yet executed */
     struct sd_op *last;        /* last submitted, referenced: what later work orders after */
+    struct sd_hwq *hwq;        /* the hardware queue it was assigned at creation */
+    struct sd_capture *cap;    /* the capture sequence it takes part in; under the sched lock */
+    size_t cap_last, cap_joined; /* positions: its last captured op, the last joined back */
     bool dying;
     _Atomic unsigned delay_us;
     pthread_cond_t work;
@@ -233,6 +264,29 @@ CUresult sd_ctx_sync(struct sd_ctx *ctx);
 void sd_ctx_retire_streams(struct sd_ctx *ctx); /* a destroyed context's streams finish and go */
 void sd_device_sync(int dev); /* what cuMemFree's implicit synchronization waits for */
 CUresult sd_sticky(struct sd_ctx *ctx);
+
+/* ---- stream capture and graphs (capture.c) ---- */
+
+struct sd_capture;
+/* Under the sched lock: a captured stream's submission is recorded in its
+ * capture (taking the creator's reference); the result to return. */
+CUresult sd_capture_record(struct sd_capture *cap, struct sd_stream *s, struct sd_op *op);
+/* Under the sched lock: legacy-stream work while a blocking stream of its
+ * context captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, captures invalidated). */
+CUresult sd_capture_legacy_check(struct sd_stream *legacy);
+/* The rule for potentially unsafe calls while captures are active; returns
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (and invalidates the captures it
+ * conflicts with) or CUDA_SUCCESS. Takes the sched lock. */
+CUresult sd_capture_unsafe_call(void);
+/* Under the sched lock: the capture is invalid from now on. */
+void sd_capture_invalidate(struct sd_capture *cap);
+/* Under the sched lock: s joins cap (an event recorded in it was waited on). */
+CUresult sd_capture_join(struct sd_stream *s, struct sd_op *mark); /* mark: an event's record op in a capture */
+void sd_streams_leave_capture(struct sd_capture *cap); /* stream.c, under the sched lock */
+struct sd_capture *sd_stream_capture(struct sd_stream *s); /* takes the sched lock */
+/* Stream-ordered allocation in a capture: a graph allocation node (the block
+ * belongs to the graph, same address every launch) / a graph free node. */
+void sd_capture_note_free(struct sd_capture *cap, struct sd_region *block); /* takes the sched lock */
 
 /* ---- stream memory operations (memop.c) ---- */
 

@@ -3,6 +3,28 @@
  * as wrong data. Ordering across streams is expressed as dependencies on
  * earlier operations (event records, the legacy stream's implicit barriers).
  *
+ * Hardware work queues. A context has CUDA_DEVICE_MAX_CONNECTIONS (default 8,
+ * 1..32) in-order queues ("connections" from the host to the device, one pool
+ * per context: CUDA programming guide, environment variables; MPS guide,
+ * CUDA_DEVICE_MAX_CONNECTIONS). Streams are assigned to them round-robin as
+ * they are created, so with more streams than queues streams share one.
+ * Everything submitted to a queue is dispatched in submission order, whatever
+ * its stream: the queue's head is dispatched once its stream's earlier work
+ * has finished and its dependencies (event waits, the legacy stream's implicit
+ * barriers) are met. An operation that blocks (a wait on a memory value, a
+ * batch holding one, a host function or stream callback, which the device
+ * runs as a wait for the host) holds the head until it completes. So, as on
+ * the GPU, a blocked wait on stream A blocks every later operation of every
+ * stream that shares A's queue ("false dependencies"; Megatron-LM and
+ * Transformer Engine run with 1 connection, where everything shares one).
+ * Copies and sets leave the queue as they start and run concurrently.
+ *
+ * Which queue: the real driver creates the legacy (NULL) stream with the
+ * context, before any stream the program creates, so it takes queue 0 and the
+ * round-robin starts at 1; the simulator creates it on first use but keeps
+ * that assignment. Per-thread default streams are created on a thread's first
+ * use and take the next queue in turn, like any created stream.
+ *
  * One lock guards all queues and operation states; a single condition
  * variable announces every completed operation. Simple beats fast here. */
 #define _GNU_SOURCE
@@ -123,6 +145,46 @@ static bool pending(const struct sd_op *op)
     return op && !op->done;
 }
 
+/* ---- hardware queues (under the sched lock) ---- */
+
+/* Operations the device executes as a wait at the head of the queue. */
+static bool holds_queue(const struct sd_op *op)
+{
+    switch (op->kind) {
+    case SD_OP_WAIT_VALUE:
+    case SD_OP_HOSTFN:
+    case SD_OP_CALLBACK:
+        return true;
+    case SD_OP_BATCH:
+        for (unsigned i = 0; i < op->u.batch.count; i++)
+            if (op->u.batch.items[i].kind == SD_OP_WAIT_VALUE)
+                return true;
+        return false;
+    default:
+        return false;
+    }
+}
+
+static void hwq_push(struct sd_hwq *q, struct sd_op *op)
+{
+    op->qnext = NULL;
+    if (q->tail)
+        q->tail->qnext = op;
+    else
+        q->head = op;
+    q->tail = op;
+}
+
+/* The head leaves the queue: the next operation (any stream's) may go. */
+static void hwq_pop(struct sd_hwq *q, struct sd_op *op)
+{
+    q->head = op->qnext;
+    if (!q->head)
+        q->tail = NULL;
+    op->qnext = NULL;
+    pthread_cond_broadcast(&progress);
+}
+
 /* ---- running operations on a worker ---- */
 
 static void copy_rate_init(void)
@@ -211,6 +273,21 @@ static void trace_op(const struct sd_stream *s, const struct sd_op *op)
     }
 }
 
+/* The device's access to what a copy or set touches (see sd_device_may_touch). */
+static bool access_ok(const struct sd_stream *s, const struct sd_op *op, const void **where)
+{
+    int dev = s->ctx->dev;
+    if (op->kind == SD_OP_COPY) {
+        int sdev = op->u.copy.src_dev >= 0 ? op->u.copy.src_dev : dev;
+        int ddev = op->u.copy.dst_dev >= 0 ? op->u.copy.dst_dev : dev;
+        return sd_device_may_touch(sdev, op->u.copy.src, op->u.copy.n, false, where) &&
+               sd_device_may_touch(ddev, op->u.copy.dst, op->u.copy.n, true, where);
+    }
+    if (op->kind == SD_OP_SET)
+        return sd_device_may_touch(dev, op->u.set.dst, op->u.set.count * op->u.set.elem, true, where);
+    return true;
+}
+
 static void run_op(struct sd_stream *s, struct sd_op *op)
 {
     if (sd_cfg.debug >= 2)
@@ -244,6 +321,13 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
             if (rate)
                 sd_sleep_ns((uint64_t)((double)op->u.copy.n * 1e9 / (double)rate));
         }
+        if (op->kind != SD_OP_HOSTFN) {
+            const void *where = NULL;
+            if (!access_ok(s, op, &where)) {
+                sd_fault_record(s->ctx, (void *)where, sd_op_name(op->kind), s->id);
+                return;
+            }
+        }
         /* fall through */
     case SD_OP_CALLBACK: {
         struct exec_args a = {op, sticky};
@@ -267,13 +351,19 @@ static void *worker_main(void *arg)
         struct sd_op *op = s->head;
         if (!op)
             break; /* dying and drained */
-        while (!deps_done(op))
+        /* Dispatched from the head of the hardware queue only (see the top). */
+        while (s->hwq->head != op || !deps_done(op))
             pthread_cond_wait(&progress, &sched);
+        bool holds = holds_queue(op);
+        if (!holds)
+            hwq_pop(s->hwq, op);
         pthread_mutex_unlock(&sched);
 
         run_op(s, op);
 
         pthread_mutex_lock(&sched);
+        if (holds)
+            hwq_pop(s->hwq, op);
         s->head = op->next;
         if (!s->head)
             s->tail = NULL;
@@ -314,6 +404,22 @@ static CUresult stream_start(struct sd_ctx *ctx, enum sd_stream_kind kind, unsig
     s->ctx = ctx;
     s->flags = flags;
     s->priority = priority;
+    if (!ctx->hwq) {
+        ctx->hwq = calloc(sd_cfg.max_connections, sizeof *ctx->hwq);
+        if (!ctx->hwq) {
+            free(s);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        for (unsigned i = 0; i < sd_cfg.max_connections; i++)
+            ctx->hwq[i].index = i;
+        ctx->hwq_next = 1 % sd_cfg.max_connections; /* queue 0 is the legacy stream's */
+    }
+    if (kind == SD_STREAM_LEGACY) {
+        s->hwq = &ctx->hwq[0];
+    } else {
+        s->hwq = &ctx->hwq[ctx->hwq_next];
+        ctx->hwq_next = (ctx->hwq_next + 1) % sd_cfg.max_connections;
+    }
     s->id = next_stream_id++;
     atomic_store(&s->delay_us, sd_cfg.stream_delay_us);
     pthread_cond_init(&s->work, NULL);
@@ -346,9 +452,9 @@ static CUresult stream_start(struct sd_ctx *ctx, enum sd_stream_kind kind, unsig
     streams = s;
     live_workers++;
     *out = s;
-    sd_log("stream %llu started (%s, flags %#x, context %llu)", s->id,
+    sd_log("stream %llu started (%s, flags %#x, context %llu, hardware queue %u)", s->id,
            kind == SD_STREAM_LEGACY ? "legacy" : kind == SD_STREAM_PER_THREAD ? "per-thread" : "user", flags,
-           ctx->id);
+           ctx->id, s->hwq->index);
     return CUDA_SUCCESS;
 }
 
@@ -433,10 +539,13 @@ CUresult sd_stream_get(CUstream handle, bool per_thread_default, struct sd_strea
     sd_init();
     if (!handle)
         handle = per_thread_default ? CU_STREAM_PER_THREAD : CU_STREAM_LEGACY;
-    if (handle == CU_STREAM_LEGACY)
-        return legacy_stream(sd_ctx_current(), out);
-    if (handle == CU_STREAM_PER_THREAD)
-        return per_thread_stream(sd_ctx_current(), out);
+    if (handle == CU_STREAM_LEGACY || handle == CU_STREAM_PER_THREAD) {
+        /* The default streams are the current context's: none, no stream. */
+        struct sd_ctx *ctx = sd_ctx_current();
+        if (!ctx)
+            return CUDA_ERROR_INVALID_CONTEXT;
+        return handle == CU_STREAM_LEGACY ? legacy_stream(ctx, out) : per_thread_stream(ctx, out);
+    }
     pthread_mutex_lock(&sched);
     struct sd_stream *s = find_user_stream(handle);
     pthread_mutex_unlock(&sched);
@@ -473,11 +582,31 @@ static bool add_implicit_deps(struct sd_stream *s, struct sd_op *op)
 CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
 {
     pthread_mutex_lock(&sched);
+    if (s->cap && !s->dying) {
+        /* Capturing: recorded into the graph, not run (see capture.c). */
+        if (keep)
+            sd_op_ref(op);
+        CUresult rc = sd_capture_record(s->cap, s, op);
+        if (keep)
+            *keep = rc == CUDA_SUCCESS ? op : NULL;
+        if (keep && rc != CUDA_SUCCESS)
+            sd_op_unref(op);
+        pthread_mutex_unlock(&sched);
+        return rc;
+    }
     if (s->dying || !add_implicit_deps(s, op)) {
         CUresult rc = s->dying ? CUDA_ERROR_INVALID_HANDLE : CUDA_ERROR_OUT_OF_MEMORY;
         sd_op_unref(op);
         pthread_mutex_unlock(&sched);
         return rc;
+    }
+    if (s->kind == SD_STREAM_LEGACY) {
+        CUresult rc = sd_capture_legacy_check(s);
+        if (rc != CUDA_SUCCESS) {
+            sd_op_unref(op);
+            pthread_mutex_unlock(&sched);
+            return rc;
+        }
     }
     op->next = NULL;
     if (s->tail)
@@ -485,6 +614,7 @@ CUresult sd_submit(struct sd_stream *s, struct sd_op *op, struct sd_op **keep)
     else
         s->head = op;
     s->tail = op;
+    hwq_push(s->hwq, op);
     if (s->last)
         sd_op_unref(s->last);
     s->last = op;
@@ -580,6 +710,59 @@ void sd_ctx_retire_streams(struct sd_ctx *ctx)
     pthread_mutex_unlock(&sched);
 }
 
+void sd_streams_leave_capture(struct sd_capture *cap)
+{
+    for (struct sd_stream *s = streams; s; s = s->next)
+        if (s->cap == cap) {
+            s->cap = NULL;
+            s->cap_last = s->cap_joined = 0;
+        }
+}
+
+bool sd_capture_unjoined(struct sd_capture *cap, const struct sd_stream *origin)
+{
+    for (struct sd_stream *s = streams; s; s = s->next)
+        if (s->cap == cap && s != origin && s->cap_last > s->cap_joined)
+            return true;
+    return false;
+}
+
+/* The legacy stream synchronizes implicitly with every blocking stream of
+ * its context; with one of them capturing, that dependency cannot be
+ * captured: "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: ... a disallowed implicit
+ * dependency on a current capture sequence from cudaStreamLegacy" (cuda.h),
+ * and the capture is invalidated. */
+CUresult sd_capture_legacy_check(struct sd_stream *legacy)
+{
+    CUresult rc = CUDA_SUCCESS;
+    for (struct sd_stream *t = streams; t; t = t->next)
+        if (t->cap && t->ctx == legacy->ctx && blocking(t)) {
+            sd_capture_invalidate(t->cap);
+            rc = CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+        }
+    return rc;
+}
+
+struct sd_capture *sd_stream_capture(struct sd_stream *s)
+{
+    pthread_mutex_lock(&sched);
+    struct sd_capture *cap = s->cap;
+    pthread_mutex_unlock(&sched);
+    return cap;
+}
+
+/* Synchronizing or querying a capturing stream is not permitted: the capture
+ * is invalidated (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). */
+static CUresult not_capturing(struct sd_stream *s)
+{
+    pthread_mutex_lock(&sched);
+    struct sd_capture *cap = s->cap;
+    if (cap)
+        sd_capture_invalidate(cap);
+    pthread_mutex_unlock(&sched);
+    return cap ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
 /* ---- stream entry points ---- */
 
 static CUresult stream_create(CUstream *phStream, unsigned flags, int priority)
@@ -591,8 +774,11 @@ static CUresult stream_create(CUstream *phStream, unsigned flags, int priority)
     if (priority < SD_PRIORITY_GREATEST)
         priority = SD_PRIORITY_GREATEST;
     struct sd_stream *s;
+    struct sd_ctx *ctx = sd_ctx_current();
+    if (!ctx)
+        return CUDA_ERROR_INVALID_CONTEXT;
     pthread_mutex_lock(&sched);
-    CUresult rc = stream_start(sd_ctx_current(), SD_STREAM_USER, flags, priority, &s);
+    CUresult rc = stream_start(ctx, SD_STREAM_USER, flags, priority, &s);
     pthread_mutex_unlock(&sched);
     if (rc == CUDA_SUCCESS)
         *phStream = (CUstream)s;
@@ -637,6 +823,10 @@ static CUresult stream_sync(CUstream handle, bool per_thread_default)
 {
     struct sd_stream *s;
     CUresult rc = sd_stream_get(handle, per_thread_default, &s);
+    if (rc == CUDA_SUCCESS)
+        rc = not_capturing(s);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     if (rc != CUDA_SUCCESS)
         return rc;
     if (s->kind == SD_STREAM_LEGACY) {
@@ -672,6 +862,10 @@ static CUresult stream_query(CUstream handle, bool per_thread_default)
 {
     struct sd_stream *s;
     CUresult rc = sd_stream_get(handle, per_thread_default, &s);
+    if (rc == CUDA_SUCCESS)
+        rc = not_capturing(s);
+    if (rc == CUDA_SUCCESS)
+        rc = sd_capture_unsafe_call();
     if (rc != CUDA_SUCCESS)
         return rc;
     rc = sd_sticky(s->ctx);

@@ -27,9 +27,20 @@
 #define CK(call) cr_assert_eq((call), CUDA_SUCCESS, "%s failed", #call)
 #define CK_ERR(call, err) cr_assert_eq((call), (err), "%s: expected %s", #call, #err)
 
+/* cuInit and the primary context of device 0 made current, as the CUDA
+ * runtime does for its callers: without a current context the driver
+ * refuses what needs one (CUDA_ERROR_INVALID_CONTEXT). */
+static void use_primary(int dev)
+{
+    CUcontext ctx;
+    CK(cuDevicePrimaryCtxRetain(&ctx, dev));
+    CK(cuCtxSetCurrent(ctx));
+}
+
 static void init(void)
 {
     CK(cuInit(0));
+    use_primary(0);
 }
 
 static double now_ms(void)
@@ -71,10 +82,15 @@ static CUmemGenericAllocationHandle map_rw(CUdeviceptr va, size_t size, CUmemLoc
     return h;
 }
 
+/* The host-location granularity these tests run with (meson sets
+ * SIMDEV_HOST_GRANULARITY=4M for the simdev suite; a test that needs it sets it). */
+#define HOST_GRAN (4 * MiB)
+
+/* Aligned for either location's memory. */
 static CUdeviceptr reserve(size_t size)
 {
     CUdeviceptr va;
-    CK(cuMemAddressReserve(&va, size, 0, 0, 0));
+    CK(cuMemAddressReserve(&va, size, HOST_GRAN, 0, 0));
     return va;
 }
 
@@ -128,13 +144,11 @@ Test(device, needs_init_then_reports_a_device)
 Test(device, contexts_are_per_thread_with_a_stack)
 {
     setenv("SIMDEV_DEVICES", "2", 1);
-    init();
+    CK(cuInit(0));
     CUcontext cur = (CUcontext)1, p0, p1, created, popped;
     CUdevice dev = -1;
     CK(cuCtxGetCurrent(&cur));
     cr_assert_null(cur);
-    CK(cuCtxGetDevice(&dev)); /* lenient: device 0 when nothing is current */
-    cr_assert_eq(dev, 0);
     CK(cuDevicePrimaryCtxRetain(&p0, 0));
     CK(cuDevicePrimaryCtxRetain(&p1, 1));
     cr_assert_neq(p0, p1);
@@ -233,7 +247,7 @@ Test(memory, capacity_limits_give_out_of_memory)
     cr_assert_eq(free, 128 * MiB - 80 * MiB);
 
     simdev_set_host_capacity(4 * MiB);
-    CK_ERR(cuMemCreate(&h2, 6 * MiB, &host, 0), CUDA_ERROR_OUT_OF_MEMORY);
+    CK_ERR(cuMemCreate(&h2, 8 * MiB, &host, 0), CUDA_ERROR_OUT_OF_MEMORY);
     CK(cuMemCreate(&h2, 4 * MiB, &host, 0));
     CK(cuMemRelease(h2));
     CK(cuMemRelease(h1));
@@ -313,7 +327,9 @@ Test(vmm, data_survives_a_remap_onto_other_memory)
     memset((void *)va, 0x3c, size);
     cr_assert_eq(simdev_device_used(0), size);
 
-    /* Offload: copy to host-located memory, remap the same address onto it. */
+    /* Offload: copy to host-located memory, remap the same address onto it
+     * (size is a multiple of both granularities, va aligned to both). */
+    cr_assert_eq(va % HOST_GRAN, 0, "reserve() aligns to the host granularity");
     CUdeviceptr tmp = reserve(size);
     CUmemGenericAllocationHandle host = map_rw(tmp, size, CU_MEM_LOCATION_TYPE_HOST);
     CK(cuMemcpyDtoD_v2(tmp, va, size));
@@ -343,10 +359,10 @@ Test(vmm, device_and_host_locations_are_accounted_apart)
     CUmemGenericAllocationHandle a, b, c;
     size_t free, total;
     CK(cuMemCreate(&a, 4 * GRAN, &dev, 0));
-    CK(cuMemCreate(&b, 2 * GRAN, &host, 0));
-    CK(cuMemCreate(&c, 1 * GRAN, &numa, 0));
+    CK(cuMemCreate(&b, 2 * HOST_GRAN, &host, 0));
+    CK(cuMemCreate(&c, 1 * HOST_GRAN, &numa, 0));
     cr_assert_eq(simdev_device_used(0), 4 * GRAN);
-    cr_assert_eq(simdev_host_used(), 3 * GRAN);
+    cr_assert_eq(simdev_host_used(), 3 * HOST_GRAN);
     CK(cuMemGetInfo_v2(&free, &total));
     cr_assert_eq(total - free, 4 * GRAN);
     CK(cuMemRelease(a));
@@ -720,6 +736,7 @@ Test(legacy, synchronous_copies_wait_for_blocking_streams)
 
 static void *per_thread_id(void *out)
 {
+    use_primary(0); /* contexts are current per thread */
     CK(cuStreamGetId(CU_STREAM_PER_THREAD, out));
     CK(cuStreamSynchronize_ptsz(NULL));
     return NULL;
@@ -787,6 +804,703 @@ Test(stream, wait_value_holds_a_stream_until_the_word_is_written)
     /* A word nobody writes does not keep simdev_shutdown waiting. */
     CK(cuStreamWaitValue32_v2(s, dword, 100, CU_STREAM_WAIT_VALUE_EQ));
     simdev_shutdown();
+}
+
+/* ---- hardware work queues (CUDA_DEVICE_MAX_CONNECTIONS) ---- */
+
+/* A pinned, device-mapped word for stream memory operations. */
+static uint32_t *gate_word(CUdeviceptr *dword)
+{
+    uint32_t *word;
+    CK(cuMemHostAlloc((void **)&word, 64, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP));
+    CK(cuMemHostGetDevicePointer_v2(dword, word, 0));
+    memset(word, 0, 64);
+    return word;
+}
+
+/* With one connection every stream shares one in-order queue: work on B
+ * enqueued after a blocked wait on A does not run until A's wait is released. */
+Test(hwq, one_connection_a_blocked_wait_blocks_every_stream)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1);
+    init();
+    CUstream a, b;
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    uint32_t *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 1, 1, b)); /* before the wait: runs */
+    CK(cuStreamSynchronize(b));
+    CK(cuStreamWaitValue32_v2(a, dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 1), 2, 1, b));
+    usleep(30000);
+    cr_assert_eq(data[0], 1);
+    cr_assert_eq(data[1], 0, "B ran past A's blocked wait in the shared queue");
+    CK_ERR(cuStreamQuery(b), CUDA_ERROR_NOT_READY);
+    *word = 1; /* released from the host */
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(data[1], 2);
+    CK(cuStreamSynchronize(a));
+}
+
+/* A gate written the naive way (arrive then wait, one stream after another)
+ * deadlocks under one connection: the second stream's arrival sits behind
+ * the first stream's wait. */
+Test(hwq, one_connection_second_arrival_waits_behind_first_wait)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1);
+    init();
+    CUstream a, b;
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CUstreamBatchMemOpParams p[2];
+    for (int i = 0; i < 2; i++) {
+        CUstream s = i ? b : a;
+        memset(p, 0, sizeof p);
+        p[0].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+        p[0].writeValue.address = dword + 4 + 4 * (unsigned)i; /* "arrived" */
+        p[0].writeValue.value = 1;
+        p[1].waitValue.operation = CU_STREAM_MEM_OP_WAIT_VALUE_32;
+        p[1].waitValue.address = dword; /* the gate */
+        p[1].waitValue.value = 1;
+        p[1].waitValue.flags = CU_STREAM_WAIT_VALUE_GEQ;
+        CK(cuStreamBatchMemOp_v2(s, 2, p, 0));
+    }
+    usleep(30000);
+    cr_assert_eq(__atomic_load_n(&word[1], __ATOMIC_ACQUIRE), 1);
+    cr_assert_eq(__atomic_load_n(&word[2], __ATOMIC_ACQUIRE), 0, "B arrived past A's held batch");
+    word[0] = 1;
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(word[2], 1);
+}
+
+/* Round-robin at creation: the legacy stream has queue 0, created streams
+ * take 1, 2, ... wrapping. With 2 connections the 1st and 3rd created stream
+ * share queue 1; the 2nd shares queue 0 with the legacy stream. */
+Test(hwq, streams_are_assigned_round_robin)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "2", 1);
+    init();
+    CUstream s1, s2, s3;
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    uint32_t *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s3, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamWaitValue32_v2(s1, dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 2, 1, s2));
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 1), 3, 1, s3));
+    CK(cuStreamSynchronize(s2)); /* another queue: not blocked */
+    cr_assert_eq(data[0], 2);
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 2), 4, 1, NULL)); /* legacy, queue 0, non-blocking streams: free */
+    CK(cuStreamSynchronize(NULL));
+    usleep(20000);
+    cr_assert_eq(data[1], 0, "s3 shares s1's queue and must wait");
+    *word = 1;
+    CK(cuStreamSynchronize(s3));
+    cr_assert_eq(data[1], 3);
+}
+
+static void wait_word_fn(void *word)
+{
+    while (!__atomic_load_n((uint32_t *)word, __ATOMIC_ACQUIRE))
+        usleep(1000);
+}
+
+/* A host function and a wait on an event not yet complete block their queue too. */
+Test(hwq, host_functions_and_event_waits_block_the_queue)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 1);
+    init();
+    CUstream a, b, c;
+    CUevent ev;
+    uint32_t flag = 0, *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&c, CU_STREAM_NON_BLOCKING));
+    CK(cuLaunchHostFunc(a, wait_word_fn, &flag));
+    CK(cuMemsetD32Async((CUdeviceptr)data, 1, 1, b));
+    usleep(20000);
+    cr_assert_eq(data[0], 0, "B ran while A's host function held the queue");
+    __atomic_store_n(&flag, 1, __ATOMIC_RELEASE);
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(data[0], 1);
+
+    /* c waits on an event that a's later work records; b's work is behind c's wait. */
+    flag = 0;
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuLaunchHostFunc(a, wait_word_fn, &flag));
+    CK(cuEventRecord(ev, a));
+    CK(cuStreamWaitEvent(c, ev, 0));
+    CK(cuMemsetD32Async((CUdeviceptr)(data + 1), 2, 1, b));
+    usleep(20000);
+    cr_assert_eq(data[1], 0);
+    __atomic_store_n(&flag, 1, __ATOMIC_RELEASE);
+    CK(cuStreamSynchronize(b));
+    cr_assert_eq(data[1], 2);
+    CK(cuCtxSynchronize());
+}
+
+/* The default is 8 connections: eight created streams (queues 1..7, 0) do
+ * not block each other; a ninth shares the first one's queue. */
+Test(hwq, default_is_eight_connections)
+{
+    unsetenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    init();
+    CUstream s[9];
+    CUdeviceptr dword;
+    uint32_t *word = gate_word(&dword);
+    uint32_t *data;
+    CK(cuMemAllocHost_v2((void **)&data, 64));
+    memset(data, 0, 64);
+    for (int i = 0; i < 9; i++)
+        CK(cuStreamCreate(&s[i], CU_STREAM_NON_BLOCKING));
+    CK(cuStreamWaitValue32_v2(s[0], dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+    for (int i = 1; i < 9; i++)
+        CK(cuMemsetD32Async((CUdeviceptr)(data + i), (unsigned)i, 1, s[i]));
+    for (int i = 1; i < 8; i++) {
+        CK(cuStreamSynchronize(s[i]));
+        cr_assert_eq(data[i], (uint32_t)i);
+    }
+    usleep(20000);
+    cr_assert_eq(data[8], 0, "the ninth stream shares the first one's queue");
+    *word = 1;
+    CK(cuStreamSynchronize(s[8]));
+    cr_assert_eq(data[8], 8);
+}
+
+/* ---- memory strictness ---- */
+
+/* cuda.h, cuMemMap: offset "Note: currently must be zero". */
+Test(strict, map_offset_must_be_zero)
+{
+    init();
+    CUdeviceptr va = reserve(2 * GRAN);
+    CUmemAllocationProp prop = prop_at(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    CUmemGenericAllocationHandle h;
+    CK(cuMemCreate(&h, 2 * GRAN, &prop, 0));
+    CK_ERR(cuMemMap(va, GRAN, GRAN, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemMap(va, 2 * GRAN, 0, h, 0));
+    CK(cuMemUnmap(va, 2 * GRAN));
+    CK(cuMemRelease(h));
+    CK(cuMemAddressFree(va, 2 * GRAN));
+}
+
+/* Each location type has its own granularity (cuMemGetAllocationGranularity
+ * takes the properties); simdev's host one is 4 MiB by default so code that
+ * assumes the device's is caught: sizes and mapped addresses must follow it. */
+Test(strict, host_locations_have_their_own_granularity)
+{
+    setenv("SIMDEV_HOST_GRANULARITY", "4M", 1);
+    init();
+    size_t gd = 0, gh = 0, gn = 0;
+    CUmemAllocationProp dev = prop_at(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    CUmemAllocationProp host = prop_at(CU_MEM_LOCATION_TYPE_HOST, 0);
+    CUmemAllocationProp numa = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, 0);
+    CK(cuMemGetAllocationGranularity(&gd, &dev, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CK(cuMemGetAllocationGranularity(&gh, &host, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CK(cuMemGetAllocationGranularity(&gn, &numa, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED));
+    cr_assert_eq(gd, GRAN);
+    cr_assert_eq(gh, HOST_GRAN);
+    cr_assert_eq(gn, HOST_GRAN);
+    CUmemGenericAllocationHandle h;
+    CK_ERR(cuMemCreate(&h, GRAN, &host, 0), CUDA_ERROR_INVALID_VALUE); /* a device granule */
+    CK(cuMemCreate(&h, HOST_GRAN, &host, 0));
+    /* A VA aligned only to the device granularity cannot take it. */
+    CUdeviceptr va;
+    CK(cuMemAddressReserve(&va, 3 * HOST_GRAN, HOST_GRAN, 0, 0));
+    CK_ERR(cuMemMap(va + GRAN, HOST_GRAN, 0, h, 0), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemMap(va + HOST_GRAN, HOST_GRAN, 0, h, 0));
+    CK(cuMemUnmap(va + HOST_GRAN, HOST_GRAN));
+    CK(cuMemRelease(h));
+    CK(cuMemAddressFree(va, 3 * HOST_GRAN));
+}
+
+Test(strict, host_granularity_is_configurable)
+{
+    setenv("SIMDEV_HOST_GRANULARITY", "8M", 1);
+    init();
+    size_t gh = 0;
+    CUmemAllocationProp host = prop_at(CU_MEM_LOCATION_TYPE_HOST, 0);
+    CK(cuMemGetAllocationGranularity(&gh, &host, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    cr_assert_eq(gh, 8 * MiB);
+}
+
+/* TEMPORARY default: unset, the host granularity follows the device's. */
+Test(strict, unset_host_granularity_follows_the_device_for_now)
+{
+    unsetenv("SIMDEV_HOST_GRANULARITY");
+    setenv("SIMDEV_GRANULARITY", "4M", 1);
+    init();
+    size_t gh = 0;
+    CUmemAllocationProp host = prop_at(CU_MEM_LOCATION_TYPE_HOST, 0);
+    CK(cuMemGetAllocationGranularity(&gh, &host, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    cr_assert_eq(gh, 4 * MiB);
+}
+
+/* cuMemCreate: HOST_NUMA ids must name a host NUMA node (0 without NUMA);
+ * HOST_NUMA_CURRENT is refused; HOST allocations "are not IPC capable and
+ * requestedHandleTypes must be 0". */
+Test(strict, host_numa_ids_and_handle_types_are_checked)
+{
+    setenv("SIMDEV_HOST_NUMA_NODES", "2", 1);
+    init();
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, 1);
+    CK(cuMemCreate(&h, HOST_GRAN, &p, 0));
+    CK(cuMemRelease(h));
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, 2);
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA, -1);
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, 0);
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    p = prop_at(CU_MEM_LOCATION_TYPE_HOST, 12345); /* the id is ignored for HOST */
+    CK(cuMemCreate(&h, HOST_GRAN, &p, 0));
+    CK(cuMemRelease(h));
+    p.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CK_ERR(cuMemCreate(&h, HOST_GRAN, &p, 0), CUDA_ERROR_INVALID_VALUE);
+    /* HOST_NUMA access cannot be given to device-located memory (cuMemSetAccess). */
+    CUdeviceptr va = reserve(GRAN);
+    CUmemAllocationProp d = prop_at(CU_MEM_LOCATION_TYPE_DEVICE, 0);
+    CK(cuMemCreate(&h, GRAN, &d, 0));
+    CK(cuMemMap(va, GRAN, 0, h, 0));
+    CUmemAccessDesc acc;
+    memset(&acc, 0, sizeof acc);
+    acc.location.type = CU_MEM_LOCATION_TYPE_HOST_NUMA;
+    acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CK_ERR(cuMemSetAccess(va, GRAN, &acc, 1), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemUnmap(va, GRAN));
+    CK(cuMemRelease(h));
+}
+
+/* Access is per mapping and per device: device 1 was not granted access with
+ * cuMemSetAccess, so a copy on one of its streams faults, although device 0
+ * (and the host process) can touch the memory. */
+Test(strict, a_device_without_access_faults_even_through_a_copy, .init = cr_redirect_stderr)
+{
+    setenv("SIMDEV_DEVICES", "2", 1);
+    init();
+    CUdeviceptr va = reserve(GRAN);
+    CUmemGenericAllocationHandle h = map_rw(va, GRAN, CU_MEM_LOCATION_TYPE_DEVICE); /* device 0 only */
+    void *host;
+    CK(cuMemAllocHost_v2(&host, 4096));
+    CUcontext c1;
+    CUstream s0, s1;
+    CK(cuStreamCreate(&s0, CU_STREAM_NON_BLOCKING));
+    CK(cuMemcpyDtoHAsync_v2(host, va, 4096, s0));
+    CK(cuStreamSynchronize(s0));
+    CK(cuDevicePrimaryCtxRetain(&c1, 1));
+    CK(cuCtxPushCurrent_v2(c1));
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuMemcpyDtoHAsync_v2(host, va, 4096, s1));
+    CK_ERR(cuStreamSynchronize(s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    cr_assert(simdev_faulted());
+    simdev_clear_fault();
+    /* Granted, it works. */
+    CUmemAccessDesc both[2] = {rw_on(0), rw_on(1)};
+    CK(cuMemSetAccess(va, GRAN, both, 2));
+    CK(cuMemsetD32Async(va, 7, 4, s1));
+    CK(cuStreamSynchronize(s1));
+    cr_assert_eq(*(uint32_t *)va, 7);
+    /* Read-only for device 1: its writes fault. */
+    CUmemAccessDesc ro = rw_on(1);
+    ro.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+    CK(cuMemSetAccess(va, GRAN, &ro, 1));
+    CK(cuMemcpyDtoHAsync_v2(host, va, 4096, s1));
+    CK(cuStreamSynchronize(s1));
+    CK(cuMemsetD32Async(va, 8, 4, s1));
+    CK_ERR(cuStreamSynchronize(s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    simdev_clear_fault();
+    CK(cuMemUnmap(va, GRAN));
+    CK(cuMemRelease(h));
+}
+
+/* A stream-ordered pool's memory is its device's; a peer needs
+ * cuMemPoolSetAccess (which cuMemPoolGetAccess reports). */
+Test(strict, pool_memory_needs_pool_access_from_a_peer, .init = cr_redirect_stderr)
+{
+    setenv("SIMDEV_DEVICES", "2", 1);
+    init();
+    CUmemoryPool pool;
+    CUmemAccess_flags f;
+    CUmemLocation l1 = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 1}, l0 = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0};
+    CK(cuDeviceGetDefaultMemPool(&pool, 0));
+    CK(cuMemPoolGetAccess(&f, pool, &l0));
+    cr_assert_eq(f, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    CK(cuMemPoolGetAccess(&f, pool, &l1));
+    cr_assert_eq(f, CU_MEM_ACCESS_FLAGS_PROT_NONE);
+    CUstream s0, s1;
+    CUdeviceptr p;
+    CK(cuStreamCreate(&s0, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocAsync(&p, 4096, s0));
+    CK(cuStreamSynchronize(s0));
+    CUcontext c1;
+    CK(cuDevicePrimaryCtxRetain(&c1, 1));
+    CK(cuCtxPushCurrent_v2(c1));
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuMemsetD32Async(p, 1, 4, s1));
+    CK_ERR(cuStreamSynchronize(s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    simdev_clear_fault();
+    CUmemAccessDesc d = rw_on(1);
+    CK(cuMemPoolSetAccess(pool, &d, 1));
+    CK(cuMemPoolGetAccess(&f, pool, &l1));
+    cr_assert_eq(f, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    CK(cuMemsetD32Async(p, 2, 4, s1));
+    CK(cuStreamSynchronize(s1));
+    cr_assert_eq(*(uint32_t *)p, 2);
+    CUmemAccessDesc none = rw_on(0);
+    none.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    CK_ERR(cuMemPoolSetAccess(pool, &none, 1), CUDA_ERROR_INVALID_VALUE); /* the owner keeps access */
+    CK(cuMemFreeAsync(p, s1));
+    CK(cuStreamSynchronize(s1));
+}
+
+/* cuMemHostGetDevicePointer "will fail if the CU_MEMHOSTALLOC_DEVICEMAP flag
+ * was not specified"; stream memory operations need a device-visible address. */
+Test(strict, device_pointers_of_host_memory_need_devicemap)
+{
+    init();
+    void *plain, *mapped_mem, *heap = malloc(64);
+    CUdeviceptr d;
+    CUstream s;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocHost_v2(&plain, 64));
+    CK(cuMemHostAlloc(&mapped_mem, 64, CU_MEMHOSTALLOC_PORTABLE));
+    CK_ERR(cuMemHostGetDevicePointer_v2(&d, plain, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuMemHostGetDevicePointer_v2(&d, mapped_mem, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuMemHostGetDevicePointer_v2(&d, heap, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuStreamWriteValue32_v2(s, (CUdeviceptr)plain, 1, 0), CUDA_ERROR_INVALID_VALUE);
+    CK_ERR(cuStreamWaitValue32_v2(s, (CUdeviceptr)heap, 0, CU_STREAM_WAIT_VALUE_GEQ), CUDA_ERROR_INVALID_VALUE);
+    CUstreamBatchMemOpParams op;
+    memset(&op, 0, sizeof op);
+    op.writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+    op.writeValue.address = (CUdeviceptr)plain;
+    CK_ERR(cuStreamBatchMemOp_v2(s, 1, &op, 0), CUDA_ERROR_INVALID_VALUE);
+    CK(cuMemFreeHost(mapped_mem));
+    CK(cuMemHostAlloc(&mapped_mem, 64, CU_MEMHOSTALLOC_DEVICEMAP));
+    CK(cuMemHostGetDevicePointer_v2(&d, (char *)mapped_mem + 8, 0));
+    CK(cuStreamWriteValue32_v2(s, d, 5, 0));
+    CUdeviceptr dev;
+    CK(cuMemAlloc_v2(&dev, 64));
+    CK(cuStreamWriteValue32_v2(s, dev, 6, 0)); /* device memory is visible */
+    CK(cuStreamSynchronize(s));
+    cr_assert_eq(((uint32_t *)mapped_mem)[2], 5);
+    cr_assert_eq(*(uint32_t *)dev, 6);
+    free(heap);
+}
+
+/* No fallback to device 0: with no current context, what needs one returns
+ * CUDA_ERROR_INVALID_CONTEXT (cuCtxGetDevice, cuMemAlloc, cuStreamCreate, the
+ * default streams, ...), in any thread that has not made one current. */
+static void *no_context_calls(void *unused)
+{
+    (void)unused;
+    CUdevice dev;
+    CUdeviceptr p;
+    CUstream s;
+    CUevent e;
+    size_t free, total;
+    void *host;
+    CK_ERR(cuCtxGetDevice(&dev), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuCtxSynchronize(), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemAlloc_v2(&p, 4096), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemGetInfo_v2(&free, &total), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemAllocHost_v2(&host, 4096), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuStreamCreate(&s, 0), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuEventCreate(&e, 0), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuStreamSynchronize(NULL), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuStreamQuery_ptsz(NULL), CUDA_ERROR_INVALID_CONTEXT);
+    CK_ERR(cuMemAllocAsync(&p, 4096, NULL), CUDA_ERROR_INVALID_CONTEXT);
+    return NULL;
+}
+
+Test(strict, no_current_context_is_invalid_context)
+{
+    CK(cuInit(0));
+    no_context_calls(NULL);
+    use_primary(0);
+    CUdeviceptr p;
+    CK(cuMemAlloc_v2(&p, 4096)); /* this thread now has one; another thread still has none */
+    pthread_t t;
+    pthread_create(&t, NULL, no_context_calls, NULL);
+    pthread_join(t, NULL);
+    CK(cuMemFree_v2(p));
+}
+
+/* ---- stream capture and graphs ---- */
+
+static CUgraphExec end_and_instantiate(CUstream s)
+{
+    CUgraph g;
+    CUgraphExec x;
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuGraphInstantiateWithFlags(&x, g, 0));
+    CK(cuGraphDestroy(g)); /* the instantiation keeps what it needs */
+    return x;
+}
+
+/* Work enqueued on a capturing stream is recorded, not run; the graph runs it
+ * at every launch. */
+Test(capture, work_is_recorded_not_run_and_replays)
+{
+    init();
+    CUstream s;
+    uint32_t *a;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocHost_v2((void **)&a, 64));
+    memset(a, 0, 64);
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(s, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK_ERR(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_ERROR_ILLEGAL_STATE);
+    cuuint64_t id = 0;
+    CK(cuStreamGetCaptureInfo_v3(s, &st, &id, NULL, NULL, NULL, NULL));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    cr_assert_neq(id, 0);
+    CK(cuMemsetD32Async((CUdeviceptr)a, 9, 1, s));
+    CK(cuLaunchHostFunc(s, add_one, &a[1]));
+    usleep(20000);
+    cr_assert_eq(a[0], 0, "captured work ran");
+    CUgraphExec x = end_and_instantiate(s);
+    CK(cuStreamIsCapturing(s, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    cr_assert_eq(a[1], 0);
+    for (int i = 0; i < 3; i++)
+        CK(cuGraphLaunch(x, s));
+    CK(cuStreamSynchronize(s));
+    cr_assert_eq(a[0], 9);
+    cr_assert_eq(a[1], 3);
+    CK(cuGraphExecDestroy(x));
+    CK_ERR(cuStreamBeginCapture_v2(NULL, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+}
+
+static void *query_event(void *ev)
+{
+    use_primary(0);
+    return (void *)(uintptr_t)cuEventQuery((CUevent)ev);
+}
+
+static void *relaxed_query_event(void *ev)
+{
+    use_primary(0);
+    CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    CK(cuThreadExchangeStreamCaptureMode(&m));
+    cr_assert_eq(m, CU_STREAM_CAPTURE_MODE_GLOBAL);
+    return (void *)(uintptr_t)cuEventQuery((CUevent)ev);
+}
+
+static CUresult query_from_thread(void *(*fn)(void *), CUevent ev)
+{
+    pthread_t t;
+    void *ret;
+    pthread_create(&t, NULL, fn, ev);
+    pthread_join(t, &ret);
+    return (CUresult)(uintptr_t)ret;
+}
+
+/* Global mode: an unsafe call (cuEventQuery) from ANY thread not in relaxed
+ * mode fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
+ * capture; cuStreamEndCapture then returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. */
+Test(capture, global_mode_unsafe_call_from_another_thread_invalidates)
+{
+    init();
+    CUstream s;
+    CUevent ev;
+    CUgraph g;
+    uint32_t *a;
+    CK(cuMemAllocHost_v2((void **)&a, 64));
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    cr_assert_eq(query_from_thread(relaxed_query_event, ev), CUDA_SUCCESS, "relaxed threads may query");
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(s, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_INVALIDATED);
+    CK_ERR(cuMemsetD32Async((CUdeviceptr)a, 0, 1, s), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    cr_assert_null(g);
+    /* The same calls are fine once no capture is active. */
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_SUCCESS);
+}
+
+/* The capturing thread's own unsafe calls fail in global and thread-local
+ * mode: cuStreamSynchronize/Query of the capturing stream, cuCtxSynchronize,
+ * synchronous copies, cuMemAlloc, cuEventSynchronize. */
+Test(capture, own_unsafe_calls_invalidate_in_global_and_thread_local_mode)
+{
+    init();
+    CUstream s;
+    CUgraph g;
+    CUevent ev;
+    void *h;
+    CUdeviceptr d;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuMemAllocHost_v2(&h, 64));
+    CK(cuMemAlloc_v2(&d, 64));
+    CUstreamCaptureMode modes[2] = {CU_STREAM_CAPTURE_MODE_GLOBAL, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL};
+    for (int m = 0; m < 2; m++) {
+        for (int call = 0; call < 7; call++) {
+            CK(cuStreamBeginCapture_v2(s, modes[m]));
+            CUresult rc = call == 0   ? cuStreamSynchronize(s)
+                          : call == 1 ? cuStreamQuery(s)
+                          : call == 2 ? cuCtxSynchronize()
+                          : call == 3 ? cuMemcpyHtoD_v2(d, h, 64)
+                          : call == 4 ? cuMemAlloc_v2(&d, 64)
+                          : call == 5 ? cuEventSynchronize(ev)
+                                      : cuEventQuery(ev);
+            cr_assert_eq(rc, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "mode %d call %d: %d", m, call, rc);
+            CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        }
+    }
+}
+
+/* Thread-local mode: other threads' unsafe calls are ignored. Relaxed
+ * captures prohibit nothing (but a capturing stream still cannot be synced). */
+Test(capture, thread_local_and_relaxed_modes)
+{
+    init();
+    CUstream s;
+    CUevent ev;
+    CUgraph g;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_SUCCESS);
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuGraphDestroy(g));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK(cuEventQuery(ev));
+    cr_assert_eq(query_from_thread(query_event, ev), CUDA_SUCCESS);
+    CK_ERR(cuStreamSynchronize(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+}
+
+/* Capture follows event record/wait across streams: a stream that waits on
+ * an event recorded in a capturing stream joins the capture, and its work is
+ * recorded into the same graph; the origin ends it for all. */
+Test(capture, follows_events_across_streams)
+{
+    init();
+    CUstream a, b;
+    CUevent fork, join;
+    uint32_t *x;
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&fork, CU_EVENT_DISABLE_TIMING));
+    CK(cuEventCreate(&join, CU_EVENT_DISABLE_TIMING));
+    CK(cuMemAllocHost_v2((void **)&x, 64));
+    memset(x, 0, 64);
+    CK(cuStreamBeginCapture_v2(a, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK(cuMemsetD32Async((CUdeviceptr)x, 1, 1, a));
+    CK(cuEventRecord(fork, a));
+    CK(cuStreamWaitEvent(b, fork, 0));
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(b, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE, "b joined the capture");
+    CK(cuMemsetD32Async((CUdeviceptr)(x + 1), 2, 1, b));
+    CK(cuEventRecord(join, b));
+    CK(cuStreamWaitEvent(a, join, 0));
+    CUgraph g;
+    CK_ERR(cuStreamEndCapture(b, &g), CUDA_ERROR_STREAM_CAPTURE_UNMATCHED);
+    CUgraphExec ex = end_and_instantiate(a);
+    CK(cuStreamIsCapturing(b, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    usleep(10000);
+    cr_assert_eq(x[1], 0);
+    CK(cuGraphLaunch(ex, a));
+    CK(cuStreamSynchronize(a));
+    cr_assert_eq(x[0], 1);
+    cr_assert_eq(x[1], 2);
+    CK(cuGraphExecDestroy(ex));
+    /* An event last recorded inside a capture cannot be queried, in any mode,
+     * until recorded again outside one (CUDA_ERROR_CAPTURED_EVENT). */
+    CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    CK(cuThreadExchangeStreamCaptureMode(&m));
+    CK_ERR(cuEventQuery(join), CUDA_ERROR_CAPTURED_EVENT);
+    CK_ERR(cuEventSynchronize(fork), CUDA_ERROR_CAPTURED_EVENT);
+    CK(cuEventRecord(join, a));
+    CK(cuEventSynchronize(join));
+    CK(cuEventQuery(join));
+}
+
+/* A forked stream whose last work was not joined back: UNJOINED. The legacy
+ * stream used while a blocking stream captures: STREAM_CAPTURE_IMPLICIT, and
+ * the capture is invalidated. */
+Test(capture, unjoined_forks_and_implicit_legacy_dependencies_fail)
+{
+    init();
+    CUstream a, b, blk;
+    CUevent fork;
+    CUgraph g;
+    uint32_t *x;
+    CK(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&blk, 0));
+    CK(cuEventCreate(&fork, CU_EVENT_DISABLE_TIMING));
+    CK(cuMemAllocHost_v2((void **)&x, 64));
+    CK(cuStreamBeginCapture_v2(a, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK(cuEventRecord(fork, a));
+    CK(cuStreamWaitEvent(b, fork, 0));
+    CK(cuMemsetD32Async((CUdeviceptr)x, 1, 1, b)); /* never joined back into a */
+    CK_ERR(cuStreamEndCapture(a, &g), CUDA_ERROR_STREAM_CAPTURE_UNJOINED);
+    CUstreamCaptureStatus st;
+    CK(cuStreamIsCapturing(b, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+
+    CK(cuStreamBeginCapture_v2(blk, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK_ERR(cuMemsetD32Async((CUdeviceptr)x, 1, 1, NULL), CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    CK_ERR(cuStreamEndCapture(blk, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    CK(cuMemsetD32Async((CUdeviceptr)x, 1, 1, NULL)); /* fine again */
+    CK(cuStreamSynchronize(NULL));
+}
+
+/* cuMemAllocAsync/cuMemFreeAsync in a capture are graph allocation and free
+ * nodes: the address is fixed at capture and the same at every launch; the
+ * memory goes back to the pool with the graph. */
+Test(capture, stream_ordered_allocations_become_graph_nodes)
+{
+    init();
+    CUstream s;
+    CUdeviceptr p;
+    uint32_t *out;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocHost_v2((void **)&out, 64));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    CK(cuMemAllocAsync(&p, 4096, s));
+    CK(cuMemsetD32Async(p, 5, 1024, s));
+    CK(cuMemcpyDtoHAsync_v2(out, p, 64, s));
+    CK(cuMemFreeAsync(p, s));
+    CUgraph g;
+    CUgraphExec x;
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuGraphInstantiateWithFlags(&x, g, 0));
+    for (int i = 0; i < 3; i++) {
+        memset(out, 0, 64);
+        CK(cuGraphLaunch(x, s));
+        CK(cuStreamSynchronize(s));
+        cr_assert_eq(out[15], 5);
+        CUdeviceptr base;
+        CK(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p)); /* still the graph's */
+        cr_assert_eq(base, p);
+    }
+    CK(cuGraphExecDestroy(x));
+    CK(cuGraphDestroy(g));
+    CUdeviceptr base;
+    CK_ERR(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p), CUDA_ERROR_INVALID_VALUE);
 }
 
 /* ---- slowness knobs ---- */
@@ -951,6 +1665,7 @@ Test(procaddr, resolved_functions_work)
     void *fn;
     CK(cuGetProcAddress_v2("cuInit", &fn, 13000, 0, NULL));
     CK(((CUresult(*)(unsigned))fn)(0));
+    use_primary(0);
     CK(cuGetProcAddress_v2("cuMemAlloc", &fn, 13000, 0, NULL));
     CUdeviceptr p;
     CK(((CUresult(*)(CUdeviceptr *, size_t))fn)(&p, MiB));
@@ -1023,6 +1738,7 @@ static void *vmm_churn(void *arg)
 {
     (void)arg;
     CUstream s;
+    use_primary(0);
     CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
     for (int i = 0; i < 50; i++) {
         CUdeviceptr va = reserve(2 * GRAN), p;

@@ -68,14 +68,46 @@ static CUresult location_of(const CUmemLocation *l, int *loc)
             return CUDA_ERROR_INVALID_DEVICE;
         *loc = l->id;
         return CUDA_SUCCESS;
-    case CU_MEM_LOCATION_TYPE_HOST:
-    case CU_MEM_LOCATION_TYPE_HOST_NUMA:
+    case CU_MEM_LOCATION_TYPE_HOST: /* the id is ignored (cuMemCreate) */
     case CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT:
+        *loc = SD_LOC_HOST;
+        return CUDA_SUCCESS;
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA:
+        /* "id must specify the NUMA ID of the CPU. On systems where NUMA is
+         * not available ... must be set to 0" (cuMemCreate): ids are checked. */
+        if (l->id < 0 || l->id >= sd_cfg.host_numa_nodes)
+            return CUDA_ERROR_INVALID_VALUE;
         *loc = SD_LOC_HOST;
         return CUDA_SUCCESS;
     default:
         return CUDA_ERROR_INVALID_VALUE;
     }
+}
+
+/* cuMemCreate's rules on the properties beyond the location (cuda.h,
+ * cuMemCreate): HOST_NUMA_CURRENT is refused; "HOST allocations are not IPC
+ * capable and requestedHandleTypes must be 0, any other value will result in
+ * CUDA_ERROR_INVALID_VALUE". */
+static CUresult create_location(const CUmemAllocationProp *prop, int *loc)
+{
+    if (prop->location.type == CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (prop->location.type == CU_MEM_LOCATION_TYPE_HOST && prop->requestedHandleTypes != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    return location_of(&prop->location, loc);
+}
+
+/* Each location type has its own granularity (cuMemGetAllocationGranularity
+ * takes the properties): device memory sd_cfg.granularity, host memory
+ * sd_cfg.host_granularity. */
+static size_t granularity_of(int loc)
+{
+    return loc == SD_LOC_HOST ? sd_cfg.host_granularity : sd_cfg.granularity;
+}
+
+static bool aligned_to(uintptr_t v, size_t g)
+{
+    return (v & (g - 1)) == 0;
 }
 
 static bool aligned(uintptr_t v)
@@ -126,7 +158,7 @@ CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocatio
     CUresult rc = location_of(&prop->location, &loc);
     if (rc != CUDA_SUCCESS)
         return rc;
-    *granularity = sd_cfg.granularity;
+    *granularity = granularity_of(loc);
     return CUDA_SUCCESS;
 }
 
@@ -226,11 +258,14 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CU
 {
     SD_ENTER(cuMemCreate);
     int loc;
-    if (!handle || !prop || flags || size == 0 || !aligned(size) || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED)
+    if (!handle || !prop || flags || size == 0 || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED)
         return CUDA_ERROR_INVALID_VALUE;
-    CUresult rc = location_of(&prop->location, &loc);
+    CUresult rc = create_location(prop, &loc);
     if (rc != CUDA_SUCCESS)
         return rc;
+    /* "size must be a multiple of the value given via cuMemGetAllocationGranularity" for these properties. */
+    if (!aligned_to(size, granularity_of(loc)))
+        return CUDA_ERROR_INVALID_VALUE;
     pthread_once(&fd_limit_once, raise_fd_limit);
 
     struct sd_phys *p = calloc(1, sizeof *p);
@@ -315,18 +350,21 @@ CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void 
 
 /* ---- mapping ---- */
 
-/* The header says offset "currently must be zero"; a granule-aligned offset
- * inside the allocation is accepted here. */
+/* cuda.h, cuMemMap: offset "Note: currently must be zero"; refused otherwise.
+ * ptr and size are multiples of the handle's own granularity (a host-located
+ * handle's may differ from the device's). */
 CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
                   unsigned long long flags)
 {
     SD_ENTER(cuMemMap);
-    if (flags || size == 0 || !aligned(ptr) || !aligned(size) || !aligned(offset))
+    if (flags || size == 0 || offset != 0 || !aligned(ptr) || !aligned(size))
         return CUDA_ERROR_INVALID_VALUE;
     uintptr_t base = (uintptr_t)ptr;
     CUresult rc = CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&sd_mem_lock);
     struct sd_phys *p = live_handle(handle);
+    if (p && (!aligned_to(base, granularity_of(p->loc)) || !aligned_to(size, granularity_of(p->loc))))
+        p = NULL;
     struct sd_region *resv = sd_rmap_find(&sd_regions, base);
     size_t i = sd_rmap_lower(&mappings, base);
     bool free_range = i >= mappings.n || mappings.v[i].base >= base + size;
@@ -393,6 +431,8 @@ static int prot_of(const struct sd_mapping *m)
 static int access_slot(const CUmemLocation *l)
 {
     int loc;
+    if (l->type == CU_MEM_LOCATION_TYPE_HOST_NUMA) /* "the id is ignored" (cuMemSetAccess) */
+        return HOST_SLOT;
     if (location_of(l, &loc) != CUDA_SUCCESS)
         return -1;
     return loc == SD_LOC_HOST ? HOST_SLOT : loc;
@@ -413,6 +453,13 @@ CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *des
     size_t first, n;
     pthread_mutex_lock(&sd_mem_lock);
     bool ok = whole_mappings((uintptr_t)ptr, size, &first, &n);
+    /* "Users cannot specify CU_MEM_LOCATION_TYPE_HOST_NUMA accessibility for
+     * allocations created on with other location types" (cuMemSetAccess). */
+    for (size_t k = 0; ok && k < n; k++)
+        for (size_t d = 0; d < count; d++)
+            if (desc[d].location.type == CU_MEM_LOCATION_TYPE_HOST_NUMA &&
+                ((struct sd_mapping *)mappings.v[first + k].obj)->phys->loc != SD_LOC_HOST)
+                ok = false;
     for (size_t k = 0; ok && k < n; k++) {
         struct sd_mapping *m = mappings.v[first + k].obj;
         for (size_t d = 0; d < count; d++)
@@ -435,4 +482,69 @@ CUresult cuMemGetAccess(unsigned long long *flags, const CUmemLocation *location
         *flags = m->access[slot];
     pthread_mutex_unlock(&sd_mem_lock);
     return m ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---- per-device access ---- */
+
+/* Access is per mapping and per device: the page protection opens a mapping
+ * when any location has access, so what a device's stream may touch is
+ * checked here, before the operation runs. cuMemSetAccess: "set the access
+ * flags for each location"; a device without them faults, also through a
+ * copy issued on its streams (the copy engine is the device's). The
+ * programming guide (Virtual Memory Management, access control) says
+ * cuCtxEnablePeerAccess does not cover these mappings. */
+bool sd_device_may_touch(int dev, const void *addr, size_t n, bool write, const void **where)
+{
+    uintptr_t at = (uintptr_t)addr, end = at + n;
+    unsigned long long need = write ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : CU_MEM_ACCESS_FLAGS_PROT_READ;
+    bool ok = true;
+    if (n == 0 || dev < 0 || dev >= SD_MAX_DEVICES)
+        return true;
+    pthread_mutex_lock(&sd_mem_lock);
+    /* VMM mappings overlapping the range. */
+    for (size_t i = sd_rmap_lower(&mappings, at); ok && i < mappings.n && mappings.v[i].base < end; i++) {
+        struct sd_mapping *m = mappings.v[i].obj;
+        if ((m->access[dev] & need) != need) {
+            ok = false;
+            *where = (const void *)(m->base > at ? m->base : at);
+        }
+    }
+    /* Stream-ordered pool blocks overlapping it. */
+    for (size_t i = sd_rmap_lower(&sd_regions, at); ok && i < sd_regions.n && sd_regions.v[i].base < end; i++) {
+        struct sd_region *r = sd_regions.v[i].obj;
+        if (r->kind == SD_REGION_POOL && r->pool && !sd_pool_grants(r->pool, dev, write)) {
+            ok = false;
+            *where = (const void *)(r->base > at ? r->base : at);
+        }
+    }
+    pthread_mutex_unlock(&sd_mem_lock);
+    return ok;
+}
+
+bool sd_device_visible(int dev, uintptr_t addr, size_t n)
+{
+    bool ok = false;
+    pthread_mutex_lock(&sd_mem_lock);
+    struct sd_region *r = sd_rmap_find(&sd_regions, addr);
+    if (r && addr + n <= r->base + r->len) {
+        switch (r->kind) {
+        case SD_REGION_CLASSIC:
+            ok = true;
+            break;
+        case SD_REGION_POOL:
+            ok = r->state != SD_BLOCK_CACHED && sd_pool_grants(r->pool, dev, true);
+            break;
+        case SD_REGION_PINNED:
+            ok = (r->flags & CU_MEMHOSTALLOC_DEVICEMAP) != 0;
+            break;
+        case SD_REGION_RESERVED: {
+            struct sd_mapping *m = sd_rmap_find(&mappings, addr);
+            ok = m && addr + n <= m->base + m->size && dev >= 0 && dev < SD_MAX_DEVICES &&
+                 (m->access[dev] & CU_MEM_ACCESS_FLAGS_PROT_READ);
+            break;
+        }
+        }
+    }
+    pthread_mutex_unlock(&sd_mem_lock);
+    return ok;
 }
