@@ -152,7 +152,11 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct gen **gens;
 static int ngens, capgens;
 static uint64_t next_id = 1, ev;
-static struct snap *snaps;
+/* Region records, oldest first; at most RECORDS_MAX (a core that never
+ * retires regions must not grow this without bound). */
+enum { RECORDS_MAX = 4096 };
+static struct snap *snaps, *snaps_tail;
+static int nsnaps;
 
 static struct ckpt_rng_states named;   /* the tracker's states_ */
 static unsigned long long *seeds;      /* the tracker's seeds_ */
@@ -449,14 +453,15 @@ curandStatus_t rng_hook_set_stream(curandGenerator_t generator, cudaStream_t str
 
 enum draw { D_BITS, D_DOUBLE, D_UNKNOWN };
 
-/* After a successful generate call of n outputs. */
-static void advance(curandGenerator_t h, enum draw kind, size_t n, const struct gen_state *before) {
+/* After a successful generate call of n outputs: the state before it is
+ * the state now (only this call moved it), kept once as the creation state. */
+static void advance(curandGenerator_t h, enum draw kind, size_t n) {
   pthread_mutex_lock(&mu);
   struct gen *g = find(h);
   if (g) {
     if (!g->has_first) {
       g->has_first = true;
-      g->first = *before;
+      g->first = g->st;
     }
     if (kind == D_UNKNOWN) {
       g->st.known = false;
@@ -468,23 +473,12 @@ static void advance(curandGenerator_t h, enum draw kind, size_t n, const struct 
   pthread_mutex_unlock(&mu);
 }
 
-/* The state before the call, for a generator's first-generate record. */
-static struct gen_state before_of(curandGenerator_t h) {
-  struct gen_state st = {0};
-  pthread_mutex_lock(&mu);
-  struct gen *g = find(h);
-  if (g) st = g->st;
-  pthread_mutex_unlock(&mu);
-  return st;
-}
-
-#define GENERATE(fn, kind, n, call)                       \
-  do {                                                    \
-    NEED_REAL(fn);                                        \
-    struct gen_state before_ = before_of(generator);      \
-    curandStatus_t s_ = real.fn call;                     \
-    if (s_ == CURAND_STATUS_SUCCESS && (n) > 0) advance(generator, kind, n, &before_); \
-    return s_;                                            \
+#define GENERATE(fn, kind, n, call)                                     \
+  do {                                                                  \
+    NEED_REAL(fn);                                                      \
+    curandStatus_t s_ = real.fn call;                                   \
+    if (s_ == CURAND_STATUS_SUCCESS && (n) > 0) advance(generator, kind, n); \
+    return s_;                                                          \
   } while (0)
 
 curandStatus_t rng_hook_generate(curandGenerator_t generator, unsigned int *out, size_t num) {
@@ -546,14 +540,31 @@ static void snap_free(struct snap *s) {
   free(s);
 }
 
+static void snap_unlink(struct snap *s) {
+  struct snap **pp = &snaps, *prev = NULL;
+  while (*pp != s) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  *pp = s->next;
+  if (snaps_tail == s) snaps_tail = prev;
+  nsnaps--;
+}
+
 void rng_region_opened(int region) {
   pthread_mutex_lock(&mu);
   struct snap *old = snap_find(region);
   if (old) { /* an id reused before retire: the newer open wins */
-    struct snap **pp = &snaps;
-    while (*pp != old) pp = &(*pp)->next;
-    *pp = old->next;
+    snap_unlink(old);
     snap_free(old);
+  }
+  if (nsnaps == RECORDS_MAX) {
+    struct snap *oldest = snaps;
+    CKPT_WARN_ONCE("rng: more than %d regions recorded and not retired: dropping the oldest (region %d "
+                   "can no longer be replayed)",
+                   RECORDS_MAX, oldest->region);
+    snap_unlink(oldest);
+    snap_free(oldest);
   }
   struct snap *s = calloc(1, sizeof *s);
   if (s && ngens) s->e = calloc((size_t)ngens, sizeof *s->e);
@@ -567,13 +578,16 @@ void rng_region_opened(int region) {
   s->open_ev = ++ev;
   for (int i = 0; i < ngens; i++) {
     struct gen *g = gens[i];
-    if (!g->h) continue;
     bool ok = replayable(g);
     if (!ok) warn_unreplayable(g);
     s->e[s->n++] = (struct snap_entry){.id = g->id, .h = g->h, .st = g->st, .replayable = ok};
   }
-  s->next = snaps;
-  snaps = s;
+  if (snaps_tail)
+    snaps_tail->next = s;
+  else
+    snaps = s;
+  snaps_tail = s;
+  nsnaps++;
   pthread_mutex_unlock(&mu);
 }
 
@@ -586,13 +600,11 @@ void rng_region_closed(int region) {
 
 void rng_region_retired(int region) {
   pthread_mutex_lock(&mu);
-  for (struct snap **pp = &snaps; *pp; pp = &(*pp)->next)
-    if ((*pp)->region == region) {
-      struct snap *s = *pp;
-      *pp = s->next;
-      snap_free(s);
-      break;
-    }
+  struct snap *s = snap_find(region);
+  if (s) {
+    snap_unlink(s);
+    snap_free(s);
+  }
   pthread_mutex_unlock(&mu);
 }
 
@@ -600,8 +612,9 @@ static bool born_inside(const struct snap *s, const struct gen *g) {
   return g->born > s->open_ev && (!s->close_ev || g->born < s->close_ev);
 }
 
+/* No loaded() here: a tracked generator implies the table is loaded, and a
+ * program without cuRAND (the Python recompute path) must not need it. */
 int rng_replay_begin(int region) {
-  if (!loaded()) return CKPT_EDRIVER;
   pthread_mutex_lock(&mu);
   int rc = 0;
   if (replay.active) {
@@ -628,7 +641,6 @@ int rng_replay_begin(int region) {
   int cap = 0;
   for (int i = 0; i < ngens && rc == 0; i++) {
     struct gen *g = gens[i];
-    if (!g->h) continue;
     const struct gen_state *target = NULL;
     for (int k = 0; k < s->n; k++)
       if (s->e[k].id == g->id) {
@@ -727,7 +739,6 @@ out:
 
 int rng_fork(const char *name) {
   if (!name) name = RNG_MODEL_PARALLEL_NAME;
-  if (!loaded()) return CKPT_EDRIVER;
   pthread_mutex_lock(&mu);
   int rc = 0;
   struct named *st = named_find(name);
@@ -745,7 +756,6 @@ int rng_fork(const char *name) {
   int cap = 0;
   for (int i = 0; i < ngens && rc == 0; i++) {
     struct gen *g = gens[i];
-    if (!g->h) continue;
     if (!replayable(g)) {
       warn_unreplayable(g);
       continue;
@@ -848,7 +858,6 @@ int rng_reset(void) {
 
 int rng_model_parallel_seed(unsigned long long seed, int tp_rank) {
   if (tp_rank < 0) return CKPT_EINVAL;
-  if (!loaded()) return CKPT_EDRIVER;
   int rc = rng_reset();
   if (rc) return rc;
   /* The default state: every replayable generator at (seed, 0). */
@@ -856,7 +865,6 @@ int rng_model_parallel_seed(unsigned long long seed, int tp_rank) {
   for (int i = 0; i < ngens; i++) {
     struct gen *g = gens[i];
     struct gen_state def = {.seed = seed, .offset = 0, .ordering = g->st.ordering, .known = true};
-    if (!g->h) continue;
     if (!type_ok(g->type) || !ordering_ok(g->st.ordering)) {
       warn_unreplayable(g);
       continue;
@@ -905,6 +913,8 @@ void rng_forget_all(void) {
     snaps = s->next;
     snap_free(s);
   }
+  snaps_tail = NULL;
+  nsnaps = 0;
   free(replay.f.s);
   states_clear(&replay.named);
   memset(&replay, 0, sizeof replay);

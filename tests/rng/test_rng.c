@@ -437,3 +437,36 @@ Test(rng, threads) {
     expect_position_true(w[k].g, CURAND_RNG_PSEUDO_XORWOW);
   }
 }
+
+static void *no_symbols(const char *name) {
+  (void)name;
+  return NULL;
+}
+
+/* A program without cuRAND (the Python recompute path) still opens, replays
+ * and forks regions; only the hooks report the missing library. */
+Test(rng, works_without_curand) {
+  cr_expect_eq(rng_load(no_symbols), CKPT_EDRIVER);
+  cr_expect(strstr(logged(), "cannot find curandCreateGenerator"), "%s", logged());
+  curandGenerator_t g = NULL;
+  cr_expect_eq(rng_hook_create(&g, CURAND_RNG_PSEUDO_XORWOW), CURAND_STATUS_INITIALIZATION_FAILED);
+  rng_region_opened(1);
+  cr_expect_eq(ckpt_region_replay_begin(1), 0);
+  cr_expect_eq(ckpt_region_replay_end(), 0);
+  cr_expect_eq(ckpt_rng_model_parallel_seed(5, 0), 0);
+  cr_expect_eq(ckpt_rng_fork(NULL), 0);
+  cr_expect_eq(ckpt_rng_unfork(), 0);
+  rng_region_retired(1);
+}
+
+Test(rng, records_are_bounded) {
+  for (int r = 1; r <= 4097; r++) rng_region_opened(r);
+  cr_expect_eq(rng_replay_begin(1), CKPT_ENOENT);
+  cr_expect_eq(count(logged(), "dropping the oldest"), 1, "%s", logged());
+  cr_expect_eq(rng_replay_begin(4097), 0);
+  cr_expect_eq(rng_replay_end(), 0);
+  cr_expect_eq(rng_replay_begin(2), 0);
+  cr_expect_eq(rng_replay_end(), 0);
+  for (int r = 2; r <= 4097; r++) rng_region_retired(r);
+  cr_expect_eq(rng_replay_begin(2), CKPT_ENOENT);
+}
