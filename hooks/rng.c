@@ -342,9 +342,27 @@ static bool named_set_pos(struct named *s, uint64_t id, unsigned long long off) 
 
 /* ---- hooks ------------------------------------------------------------- */
 
-#define NEED_REAL(fn)                                               \
-  do {                                                              \
+#define NEED_REAL(fn)                                                      \
+  do {                                                                     \
     if (!loaded() || !real.fn) return CURAND_STATUS_INITIALIZATION_FAILED; \
+  } while (0)
+
+/* A hook entered from inside cuRAND (a libcurand function calling another
+ * exported curand* function through the PLT lands in the preload's wrapper)
+ * passes straight through: only the outermost call is tracked. */
+static __thread int hook_depth;
+
+#define PASS_THROUGH_IF_NESTED(fn, args) \
+  do {                                   \
+    if (hook_depth) return real.fn args; \
+  } while (0)
+
+/* Calls real.fn as the outermost hook. */
+#define REAL_CALL(out, fn, args) \
+  do {                           \
+    hook_depth++;                \
+    out = real.fn args;          \
+    hook_depth--;                \
   } while (0)
 
 static curandStatus_t track_create(curandStatus_t s, curandGenerator_t *out, curandRngType_t type) {
@@ -378,17 +396,25 @@ static curandStatus_t track_create(curandStatus_t s, curandGenerator_t *out, cur
 
 curandStatus_t rng_hook_create(curandGenerator_t *generator, curandRngType_t rng_type) {
   NEED_REAL(curandCreateGenerator);
-  return track_create(real.curandCreateGenerator(generator, rng_type), generator, rng_type);
+  PASS_THROUGH_IF_NESTED(curandCreateGenerator, (generator, rng_type));
+  curandStatus_t s;
+  REAL_CALL(s, curandCreateGenerator, (generator, rng_type));
+  return track_create(s, generator, rng_type);
 }
 
 curandStatus_t rng_hook_create_host(curandGenerator_t *generator, curandRngType_t rng_type) {
   NEED_REAL(curandCreateGeneratorHost);
-  return track_create(real.curandCreateGeneratorHost(generator, rng_type), generator, rng_type);
+  PASS_THROUGH_IF_NESTED(curandCreateGeneratorHost, (generator, rng_type));
+  curandStatus_t s;
+  REAL_CALL(s, curandCreateGeneratorHost, (generator, rng_type));
+  return track_create(s, generator, rng_type);
 }
 
 curandStatus_t rng_hook_destroy(curandGenerator_t generator) {
   NEED_REAL(curandDestroyGenerator);
-  curandStatus_t s = real.curandDestroyGenerator(generator);
+  PASS_THROUGH_IF_NESTED(curandDestroyGenerator, (generator));
+  curandStatus_t s;
+  REAL_CALL(s, curandDestroyGenerator, (generator));
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   for (int i = 0; i < ngens; i++)
@@ -403,7 +429,9 @@ curandStatus_t rng_hook_destroy(curandGenerator_t generator) {
 
 curandStatus_t rng_hook_set_seed(curandGenerator_t generator, unsigned long long seed) {
   NEED_REAL(curandSetPseudoRandomGeneratorSeed);
-  curandStatus_t s = real.curandSetPseudoRandomGeneratorSeed(generator, seed);
+  PASS_THROUGH_IF_NESTED(curandSetPseudoRandomGeneratorSeed, (generator, seed));
+  curandStatus_t s;
+  REAL_CALL(s, curandSetPseudoRandomGeneratorSeed, (generator, seed));
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   struct gen *g = find(generator);
@@ -414,7 +442,9 @@ curandStatus_t rng_hook_set_seed(curandGenerator_t generator, unsigned long long
 
 curandStatus_t rng_hook_set_offset(curandGenerator_t generator, unsigned long long offset) {
   NEED_REAL(curandSetGeneratorOffset);
-  curandStatus_t s = real.curandSetGeneratorOffset(generator, offset);
+  PASS_THROUGH_IF_NESTED(curandSetGeneratorOffset, (generator, offset));
+  curandStatus_t s;
+  REAL_CALL(s, curandSetGeneratorOffset, (generator, offset));
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   struct gen *g = find(generator);
@@ -431,7 +461,9 @@ curandStatus_t rng_hook_set_offset(curandGenerator_t generator, unsigned long lo
 
 curandStatus_t rng_hook_set_ordering(curandGenerator_t generator, curandOrdering_t order) {
   NEED_REAL(curandSetGeneratorOrdering);
-  curandStatus_t s = real.curandSetGeneratorOrdering(generator, order);
+  PASS_THROUGH_IF_NESTED(curandSetGeneratorOrdering, (generator, order));
+  curandStatus_t s;
+  REAL_CALL(s, curandSetGeneratorOrdering, (generator, order));
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   struct gen *g = find(generator);
@@ -442,7 +474,9 @@ curandStatus_t rng_hook_set_ordering(curandGenerator_t generator, curandOrdering
 
 curandStatus_t rng_hook_set_stream(curandGenerator_t generator, cudaStream_t stream) {
   NEED_REAL(curandSetStream);
-  curandStatus_t s = real.curandSetStream(generator, stream);
+  PASS_THROUGH_IF_NESTED(curandSetStream, (generator, stream));
+  curandStatus_t s;
+  REAL_CALL(s, curandSetStream, (generator, stream));
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   struct gen *g = find(generator);
@@ -476,7 +510,9 @@ static void advance(curandGenerator_t h, enum draw kind, size_t n) {
 #define GENERATE(fn, kind, n, call)                                     \
   do {                                                                  \
     NEED_REAL(fn);                                                      \
-    curandStatus_t s_ = real.fn call;                                   \
+    PASS_THROUGH_IF_NESTED(fn, call);                                   \
+    curandStatus_t s_;                                                  \
+    REAL_CALL(s_, fn, call);                                            \
     if (s_ == CURAND_STATUS_SUCCESS && (n) > 0) advance(generator, kind, n); \
     return s_;                                                          \
   } while (0)

@@ -4,6 +4,7 @@
  * dlopen("libcurand.so.10") (LD_LIBRARY_PATH = the simdev build dir). */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <dlfcn.h>
 #include <cuda.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -469,4 +470,31 @@ Test(rng, records_are_bounded) {
   cr_expect_eq(rng_replay_end(), 0);
   for (int r = 2; r <= 4097; r++) rng_region_retired(r);
   cr_expect_eq(rng_replay_begin(2), CKPT_ENOENT);
+}
+
+/* A libcurand whose uniform generator is built on its own exported
+ * curandGenerate (which, under the preload, is the wrapper): tracked once,
+ * not twice. (The bits are left unconverted: only positions matter here.) */
+static curandStatus_t nested_uniform(curandGenerator_t g, float *out, size_t n) {
+  RK(rng_hook_set_stream(g, NULL)); /* any entry point called from inside */
+  return rng_hook_generate(g, (unsigned *)out, n);
+}
+
+static void *nesting_resolver(const char *name) {
+  static void *lib;
+  if (!lib) lib = dlopen("libcurand.so.10", RTLD_NOW | RTLD_LOCAL);
+  void *f = dlsym(lib, name);
+  if (!strcmp(name, "curandGenerateUniform")) return (void *)nested_uniform;
+  return f;
+}
+
+Test(rng, calls_from_inside_curand_are_not_tracked_twice) {
+  cr_assert_eq(rng_load(nesting_resolver), 0);
+  curandGenerator_t g = hgen(CURAND_RNG_PSEUDO_XORWOW, 3);
+  free(draw(g, 10));
+  unsigned *d = dalloc(32);
+  RK(rng_hook_generate_uniform(g, (float *)d, 32));
+  cr_expect_eq(info(g).offset, 10 + 32, "tracked %llu", info(g).offset);
+  CK(cuCtxSynchronize());
+  expect_position_true(g, CURAND_RNG_PSEUDO_XORWOW);
 }
