@@ -157,12 +157,18 @@ Test(simcurand, strictness) {
   cr_expect_eq(curandGenerateUniform(a, (float *)((char *)f + 2), 4), CURAND_STATUS_LAUNCH_FAILURE);
   cr_expect_eq(curandGenerateUniformDouble(a, (double *)((char *)d + 4), 4), CURAND_STATUS_LAUNCH_FAILURE);
   cr_expect_eq(curandGenerate(a, NULL, 4), CURAND_STATUS_LAUNCH_FAILURE);
+  static unsigned pageable[16]; /* not device memory: a kernel would fault */
+  cr_expect_eq(curandGenerate(a, pageable, 16), CURAND_STATUS_LAUNCH_FAILURE);
+  cr_expect_eq(curandGenerate(a, u, 17), CURAND_STATUS_LAUNCH_FAILURE, "past the end of a 64-byte allocation");
+  RK(curandGenerate(a, u, 16));
+  CK(cuCtxSynchronize());
   cr_expect_eq(curandGeneratePoisson(a, u, 4, 0.0), CURAND_STATUS_OUT_OF_RANGE);
   cr_expect_eq(curandGeneratePoisson(a, u, 4, 400001.0), CURAND_STATUS_OUT_OF_RANGE);
   cr_expect_eq(curandGenerateLongLong(a, (unsigned long long *)d, 4), CURAND_STATUS_TYPE_ERROR);
   RK(curandGenerate(a, u, 0)); /* no-op */
   /* None of the refused calls moved the offset. */
   curandGenerator_t b = gen(CURAND_RNG_PSEUDO_XORWOW, 3);
+  RK(curandSetGeneratorOffset(b, 16));
   unsigned *x = dalloc(16), *y = dalloc(16);
   RK(curandGenerate(a, x, 4));
   RK(curandGenerate(b, y, 4));

@@ -48,9 +48,11 @@
  *    dimension count [H]. curandGenerate on a 64-bit quasi generator and
  *    curandGenerateLongLong on anything else -> CURAND_STATUS_TYPE_ERROR [H].
  *    Poisson lambda <= 0 or > 400000 -> CURAND_STATUS_OUT_OF_RANGE [H].
- *  - Output pointer NULL or not aligned to its element type ->
- *    CURAND_STATUS_LAUNCH_FAILURE at the call [D: on a GPU the kernel would
- *    fault the context; failing at once is stricter]. n == 0 is a no-op.
+ *  - Output pointer NULL, not aligned to its element type, or (device
+ *    generators) [out, out + n) not inside one allocation the device can
+ *    reach (cuPointerGetAttribute range) -> CURAND_STATUS_LAUNCH_FAILURE at
+ *    the call [D: on a GPU the kernel would fault the context; failing at
+ *    once is stricter]. n == 0 is a no-op.
  *  - An unknown or destroyed generator -> CURAND_STATUS_NOT_INITIALIZED [H].
  *    Destroying a generator with generation still queued is safe: the queued
  *    work owns what it captured.
@@ -393,6 +395,20 @@ curandStatus_t CURANDAPI curandSetQuasiRandomGeneratorDimensions(curandGenerator
             else generator->dims = num_dimensions);
 }
 
+/* Device generators write through a kernel: the output must lie inside one
+ * allocation the device can reach (device, pool, VMM or pinned host memory),
+ * or the kernel would fault the context. */
+static bool sc_range_ok(const void *out, size_t bytes)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    CUdeviceptr p = (CUdeviceptr)(uintptr_t)out;
+    if (cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p) != CUDA_SUCCESS ||
+        cuPointerGetAttribute(&size, CU_POINTER_ATTRIBUTE_RANGE_SIZE, p) != CUDA_SUCCESS)
+        return false;
+    return p >= base && bytes <= size && p - base <= size - bytes;
+}
+
 static curandStatus_t sc_generate(curandGenerator_t g, enum sc_kind kind, void *out, size_t n, size_t elt,
                                   double a, double b)
 {
@@ -412,6 +428,8 @@ static curandStatus_t sc_generate(curandGenerator_t g, enum sc_kind kind, void *
     else if (kind == K_POIS && !(a > 0.0 && a <= 400000.0))
         st = CURAND_STATUS_OUT_OF_RANGE;
     else if (n && (!out || (uintptr_t)out % elt))
+        st = CURAND_STATUS_LAUNCH_FAILURE;
+    else if (n && !g->host && !sc_range_ok(out, n * elt))
         st = CURAND_STATUS_LAUNCH_FAILURE;
     if (st != CURAND_STATUS_SUCCESS || n == 0) {
         pthread_mutex_unlock(&sc_mu);
