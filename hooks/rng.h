@@ -76,6 +76,34 @@
  * tracker, seeds every live replayable generator with `seed` at offset 0
  * (the default state) and adds "model-parallel-rng" = seed + 2718 + tp_rank.
  *
+ * OTHER RULES
+ *   - A hook entered while another hook runs on the same thread (libcurand
+ *     calling its own exported curand* through the PLT, which the preload
+ *     interposes) passes straight to the real function: tracked once.
+ *   - At most 4096 region records not yet retired; beyond that the oldest
+ *     is dropped (one warning): the core must call rng_region_retired.
+ *   - Replay, fork and seeding work with no cuRAND in the process (nothing
+ *     tracked: nothing to reset), so the Python recompute path may always
+ *     call them; only the hooks load libcurand.so.10.
+ *
+ * WRAPPER CONTRACT (preload): each exported curand* wrapper returns
+ * rng_hook_<name>(same arguments) and does nothing else:
+ *   curandCreateGenerator -> rng_hook_create, curandCreateGeneratorHost ->
+ *   rng_hook_create_host, curandDestroyGenerator -> rng_hook_destroy,
+ *   curandSetPseudoRandomGeneratorSeed -> rng_hook_set_seed,
+ *   curandSetGeneratorOffset -> rng_hook_set_offset,
+ *   curandSetGeneratorOrdering -> rng_hook_set_ordering,
+ *   curandSetStream -> rng_hook_set_stream, curandGenerate ->
+ *   rng_hook_generate, curandGenerateLongLong -> rng_hook_generate_long_long,
+ *   curandGenerateUniform(Double) -> rng_hook_generate_uniform(_double),
+ *   curandGenerateNormal(Double) -> rng_hook_generate_normal(_double),
+ *   curandGenerateLogNormal(Double) -> rng_hook_generate_log_normal(_double),
+ *   curandGeneratePoisson(Method) -> rng_hook_generate_poisson(_method),
+ *   curandGenerateBinomial(Method) -> rng_hook_generate_binomial(_method).
+ * The region registry calls rng_region_opened(id) when a region opens,
+ * rng_region_closed(id) when it closes, rng_region_retired(id) when it can
+ * no longer be recomputed. tests/rng/shim.c is a working stand-in for both.
+ *
  * Return codes are the CKPT_E* values of include/ckpt.h: 0 on success.
  */
 #ifndef CKPT_RNG_H
