@@ -246,6 +246,11 @@ static void warn_unreplayable(struct gen *g) {
  * then the absolute offset. */
 static curandStatus_t apply(struct gen *g, const struct gen_state *st) {
   curandStatus_t s = CURAND_STATUS_SUCCESS;
+  /* Already there: no call (re-seeding re-initialises XORWOW's state, which
+   * costs a kernel). */
+  if (g->st.known && st->known && g->st.seed == st->seed && g->st.offset == st->offset &&
+      g->st.ordering == st->ordering)
+    return s;
   if (st->ordering != g->st.ordering) {
     s = real.curandSetGeneratorOrdering(g->h, st->ordering);
     if (s == CURAND_STATUS_SUCCESS) g->st.ordering = st->ordering;
