@@ -695,6 +695,10 @@ int rng_replay_begin(int region) {
         warn_unreplayable(g);
     }
     if (!target) continue;
+    if (!g->st.known) { /* could not be put back afterwards: leave it alone */
+      warn_unreplayable(g);
+      continue;
+    }
     if (!frame_push(&f, &cap, g)) {
       rc = CKPT_ENOMEM;
       break;

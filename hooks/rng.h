@@ -58,6 +58,9 @@
  *     seed/offset it had just before its first generate call (what a
  *     create-if-missing, seed, generate sequence gives it). One that never
  *     generated is left alone.
+ *   - A generator whose position is unknown NOW (a Poisson call since the
+ *     region opened) is left alone, with the warning: it could not be put
+ *     back after the replay.
  *   - A replayable generator recorded at open and destroyed since makes
  *     rng_replay_begin fail with CKPT_ENOENT and one log line naming it;
  *     nothing is changed then (all or nothing).

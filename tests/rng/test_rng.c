@@ -498,3 +498,21 @@ Test(rng, calls_from_inside_curand_are_not_tracked_twice) {
   CK(cuCtxSynchronize());
   expect_position_true(g, CURAND_RNG_PSEUDO_XORWOW);
 }
+
+/* Recorded replayable, position lost since (Poisson): replaying it could not
+ * be undone, so it is left alone with the warning. */
+Test(rng, position_lost_after_open_is_left_alone) {
+  curandGenerator_t g = hgen(CURAND_RNG_PSEUDO_XORWOW, 4), ok = hgen(CURAND_RNG_PSEUDO_XORWOW, 5);
+  rng_region_opened(2);
+  free(draw(g, 8));
+  free(draw(ok, 8));
+  unsigned *d = dalloc(8);
+  RK(rng_hook_generate_poisson(g, d, 8, 1.0));
+  cr_assert_eq(rng_replay_begin(2), 0);
+  cr_expect_eq(info(ok).offset, 0);
+  cr_expect_not(info(g).position_known);
+  cr_expect_eq(info(g).offset, 8);
+  cr_assert_eq(rng_replay_end(), 0);
+  cr_expect_eq(info(ok).offset, 8);
+  cr_expect_eq(count(logged(), "not replayable until its next curandSetGeneratorOffset"), 1, "%s", logged());
+}
