@@ -96,6 +96,7 @@ struct gen {
   curandRngType_t type;
   cudaStream_t stream;
   struct gen_state st;
+  unsigned long long anchor; /* offset at the last absolute set (creation, curandSetGeneratorOffset) */
   bool has_first;     /* state just before its first generate call */
   struct gen_state first;
   bool warned;
@@ -237,8 +238,8 @@ static void warn_unreplayable(struct gen *g) {
               "and LEGACY are; a recompute will draw other numbers",
               (void *)g->h, type_name(g->type), (int)g->st.ordering);
   else
-    CKPT_WARN("rng: generator %p (%s) is not replayable until its next curandSetGeneratorOffset: a Poisson "
-              "or binomial call moved it by an amount cuRAND does not document",
+    CKPT_WARN("rng: generator %p (%s) is not replayable until its next curandSetGeneratorOffset: a call "
+              "moved it by an amount cuRAND does not document (see rng.h for the calls that are tracked)",
               (void *)g->h, type_name(g->type));
 }
 
@@ -257,7 +258,10 @@ static curandStatus_t apply(struct gen *g, const struct gen_state *st) {
   }
   if (s == CURAND_STATUS_SUCCESS) s = real.curandSetPseudoRandomGeneratorSeed(g->h, st->seed);
   if (s == CURAND_STATUS_SUCCESS) s = real.curandSetGeneratorOffset(g->h, st->offset);
-  if (s == CURAND_STATUS_SUCCESS) g->st = *st;
+  if (s == CURAND_STATUS_SUCCESS) {
+    g->st = *st;
+    g->anchor = st->offset;
+  }
   return s;
 }
 
@@ -440,7 +444,12 @@ curandStatus_t rng_hook_set_seed(curandGenerator_t generator, unsigned long long
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   struct gen *g = find(generator);
-  if (g) g->st.seed = seed; /* position kept [C] */
+  if (g) {
+    g->st.seed = seed; /* position kept [C, R] */
+    /* PHILOX re-derives its position from a counter in blocks of 4 results
+     * when reseeded after drawing [R]: not modelled. */
+    if (g->type == CURAND_RNG_PSEUDO_PHILOX4_32_10 && g->st.offset != g->anchor) g->st.known = false;
+  }
   pthread_mutex_unlock(&mu);
   return s;
 }
@@ -455,6 +464,7 @@ curandStatus_t rng_hook_set_offset(curandGenerator_t generator, unsigned long lo
   struct gen *g = find(generator);
   if (g) {
     g->st.offset = offset;
+    g->anchor = offset;
     if (!g->st.known) {
       g->st.known = true;
       g->warned = false; /* replayable again; a later loss warns again */
@@ -490,7 +500,23 @@ curandStatus_t rng_hook_set_stream(curandGenerator_t generator, cudaStream_t str
   return s;
 }
 
-enum draw { D_BITS, D_DOUBLE, D_UNKNOWN };
+/* What a generate call draws, for the consumption rule. */
+enum draw { D_BITS, D_NORMAL, D_DOUBLE, D_NORMAL_DOUBLE, D_UNKNOWN };
+
+/* Results consumed by one successful call of n outputs, or -1 when the rule
+ * is not known (see rng.h: measured on the real cuRAND). */
+static long long consumption(curandRngType_t t, enum draw kind, size_t n) {
+  long long ln = (long long)n;
+  switch (kind) {
+  case D_BITS: return ln;
+  case D_NORMAL:
+  case D_NORMAL_DOUBLE:
+    return t == CURAND_RNG_PSEUDO_PHILOX4_32_10 ? ln : -1;
+  case D_DOUBLE:
+    return t == CURAND_RNG_PSEUDO_PHILOX4_32_10 || t == CURAND_RNG_PSEUDO_MRG32K3A ? ln : -1;
+  default: return -1;
+  }
+}
 
 /* After a successful generate call of n outputs: the state before it is
  * the state now (only this call moved it), kept once as the creation state. */
@@ -502,12 +528,11 @@ static void advance(curandGenerator_t h, enum draw kind, size_t n) {
       g->has_first = true;
       g->first = g->st;
     }
-    if (kind == D_UNKNOWN) {
+    long long c = consumption(g->type, kind, n);
+    if (c < 0)
       g->st.known = false;
-    } else {
-      unsigned long long per = (kind == D_DOUBLE && g->type != CURAND_RNG_PSEUDO_MRG32K3A) ? 2 : 1;
-      g->st.offset += per * (unsigned long long)n;
-    }
+    else
+      g->st.offset += (unsigned long long)c;
   }
   pthread_mutex_unlock(&mu);
 }
@@ -537,19 +562,19 @@ curandStatus_t rng_hook_generate_uniform_double(curandGenerator_t generator, dou
 }
 curandStatus_t rng_hook_generate_normal(curandGenerator_t generator, float *out, size_t n, float mean,
                                         float stddev) {
-  GENERATE(curandGenerateNormal, D_BITS, n, (generator, out, n, mean, stddev));
+  GENERATE(curandGenerateNormal, D_NORMAL, n, (generator, out, n, mean, stddev));
 }
 curandStatus_t rng_hook_generate_normal_double(curandGenerator_t generator, double *out, size_t n, double mean,
                                                double stddev) {
-  GENERATE(curandGenerateNormalDouble, D_DOUBLE, n, (generator, out, n, mean, stddev));
+  GENERATE(curandGenerateNormalDouble, D_NORMAL_DOUBLE, n, (generator, out, n, mean, stddev));
 }
 curandStatus_t rng_hook_generate_log_normal(curandGenerator_t generator, float *out, size_t n, float mean,
                                             float stddev) {
-  GENERATE(curandGenerateLogNormal, D_BITS, n, (generator, out, n, mean, stddev));
+  GENERATE(curandGenerateLogNormal, D_NORMAL, n, (generator, out, n, mean, stddev));
 }
 curandStatus_t rng_hook_generate_log_normal_double(curandGenerator_t generator, double *out, size_t n,
                                                    double mean, double stddev) {
-  GENERATE(curandGenerateLogNormalDouble, D_DOUBLE, n, (generator, out, n, mean, stddev));
+  GENERATE(curandGenerateLogNormalDouble, D_NORMAL_DOUBLE, n, (generator, out, n, mean, stddev));
 }
 curandStatus_t rng_hook_generate_poisson(curandGenerator_t generator, unsigned int *out, size_t n, double lambda) {
   GENERATE(curandGeneratePoisson, D_UNKNOWN, n, (generator, out, n, lambda));

@@ -114,14 +114,31 @@ static CUstream slow_stream(unsigned us) {
   return s;
 }
 
-/* One "layer" of draws: every replayable generate function, 672 bytes. */
+/* One "layer" of draws: every generate function hooks/rng.h tracks for the
+ * generator's type (others would make it not replayable), <= 672 bytes. */
 enum { MIX_BYTES = 672, SLOT = 1024 };
 
+static struct {
+  curandGenerator_t g;
+  curandRngType_t t;
+} types_of[64];
+static int ntypes;
+
+static curandRngType_t type_of(curandGenerator_t g) {
+  for (int i = 0; i < ntypes; i++)
+    if (types_of[i].g == g) return types_of[i].t;
+  return CURAND_RNG_PSEUDO_XORWOW;
+}
+
 static void mix(curandGenerator_t g, char *dev) {
+  curandRngType_t t = type_of(g);
   CR(curandGenerateUniform(g, (float *)dev, 64));
-  CR(curandGenerateNormal(g, (float *)(dev + 256), 32, 1.0f, 2.0f));
-  CR(curandGenerateUniformDouble(g, (double *)(dev + 384), 16));
-  CR(curandGenerateLogNormalDouble(g, (double *)(dev + 512), 8, 0.0, 0.5));
+  if (t == CURAND_RNG_PSEUDO_PHILOX4_32_10) {
+    CR(curandGenerateNormal(g, (float *)(dev + 256), 32, 1.0f, 2.0f));
+    CR(curandGenerateLogNormalDouble(g, (double *)(dev + 512), 8, 0.0, 0.5));
+  }
+  if (t == CURAND_RNG_PSEUDO_PHILOX4_32_10 || t == CURAND_RNG_PSEUDO_MRG32K3A)
+    CR(curandGenerateUniformDouble(g, (double *)(dev + 384), 16));
   CR(curandGenerate(g, (unsigned *)(dev + 576), 24));
 }
 
@@ -141,6 +158,10 @@ static void fetch(void *host, const char *dev, size_t bytes) {
 static curandGenerator_t gen(curandRngType_t t, unsigned long long seed, CUstream s, curandOrdering_t o) {
   curandGenerator_t g = NULL;
   CR(curandCreateGenerator(&g, t));
+  if (ntypes < 64) {
+    types_of[ntypes].g = g;
+    types_of[ntypes++].t = t == CURAND_RNG_PSEUDO_DEFAULT ? CURAND_RNG_PSEUDO_XORWOW : t;
+  }
   CR(curandSetPseudoRandomGeneratorSeed(g, seed));
   if (o) CR(curandSetGeneratorOrdering(g, o));
   if (s) CR(curandSetStream(g, (cudaStream_t)s));
@@ -400,19 +421,27 @@ static int s_rules(void) {
       for (int f = 0; f < 7; f++) {
         curandGenerator_t a = gen(types[t], 99, NULL, ords[o]), b = gen(types[t], 99, NULL, ords[o]);
         size_t n = 4096; /* large enough to span several threads' shares */
-        unsigned long long per = types[t] == CURAND_RNG_PSEUDO_MRG32K3A ? 1 : 2, want = 0;
+        bool philox = types[t] == CURAND_RNG_PSEUDO_PHILOX4_32_10, mrg = types[t] == CURAND_RNG_PSEUDO_MRG32K3A;
+        unsigned long long want = 0;
+        bool known = true;
         switch (f) {
         case 0: CR(curandGenerate(a, (unsigned *)d, n)); want = n; break;
         case 1: CR(curandGenerateUniform(a, (float *)d, n)); want = n; break;
-        case 2: CR(curandGenerateNormal(a, (float *)d, n, 0, 1)); want = n; break;
-        case 3: CR(curandGenerateLogNormal(a, (float *)d, n, 0, 1)); want = n; break;
-        case 4: CR(curandGenerateUniformDouble(a, (double *)d, n)); want = n * per; break;
-        case 5: CR(curandGenerateNormalDouble(a, (double *)d, n, 0, 1)); want = n * per; break;
-        case 6: /* reseeding keeps the position */
-          CR(curandGenerate(a, (unsigned *)d, n));
+        case 2: CR(curandGenerateNormal(a, (float *)d, n, 0, 1)); want = n; known = philox; break;
+        case 3: CR(curandGenerateLogNormal(a, (float *)d, n, 0, 1)); want = n; known = philox; break;
+        case 4: CR(curandGenerateUniformDouble(a, (double *)d, n)); want = n; known = philox || mrg; break;
+        case 5: CR(curandGenerateNormalDouble(a, (double *)d, n, 0, 1)); want = n; known = philox; break;
+        case 6: /* reseeding keeps the position (PHILOX: only before drawing) */
+          CR(curandSetGeneratorOffset(a, 77));
+          if (!philox) CR(curandGenerate(a, (unsigned *)d, n));
           CR(curandSetPseudoRandomGeneratorSeed(a, 99));
-          want = n;
+          want = philox ? 77 : 77 + n;
           break;
+        }
+        if (!known) { /* not tracked: nothing to check */
+          CR(curandDestroyGenerator(a));
+          CR(curandDestroyGenerator(b));
+          continue;
         }
         CR(curandGenerate(a, x, 64));
         CR(curandSetGeneratorOffset(b, want));

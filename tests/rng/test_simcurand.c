@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <cuda.h>
 #include <curand.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -79,40 +80,50 @@ Test(simcurand, offsets_per_function) {
     RK(curandGenerate(b, w, 10));
     CK(cuCtxSynchronize());
     cr_expect_eq(memcmp(u + 150, w, 40), 0);
-    /* A double consumes 2 results (1 on MRG32K3A), a normal float 1. */
-    unsigned long long per = types[t] == CURAND_RNG_PSEUDO_MRG32K3A ? 1 : 2;
-    RK(curandSetGeneratorOffset(a, 0));
-    double *d = dalloc(10 * 8);
-    RK(curandGenerateUniformDouble(a, d, 10));
-    RK(curandGenerate(a, u, 4));
-    RK(curandSetGeneratorOffset(b, 10 * per));
-    RK(curandGenerate(b, w, 4));
-    CK(cuCtxSynchronize());
-    cr_expect_eq(memcmp(u, w, 16), 0, "double consumption, type %d", types[t]);
-    float *f = dalloc(8 * 4);
-    RK(curandGenerateNormal(a, f, 8, 0.f, 1.f));
-    RK(curandGenerateLogNormalDouble(a, d, 6, 0., 1.));
-    RK(curandGeneratePoisson(a, u, 5, 3.0));
-    RK(curandGenerate(a, u, 4));
-    RK(curandSetGeneratorOffset(b, 10 * per + 4 + 8 + 6 * per + 5));
-    RK(curandGenerate(b, w, 4));
-    CK(cuCtxSynchronize());
-    cr_expect_eq(memcmp(u, w, 16), 0, "mixed consumption, type %d", types[t]);
+    /* The measured rules: UniformDouble n on PHILOX and MRG32K3A, normals n
+     * on PHILOX; elsewhere no simple rule (neither n nor 2n). */
+    bool philox = types[t] == CURAND_RNG_PSEUDO_PHILOX4_32_10, mrg = types[t] == CURAND_RNG_PSEUDO_MRG32K3A;
+    double *d = dalloc(12 * 8);
+    float *f = dalloc(12 * 4);
+    for (int fn = 0; fn < 2; fn++) {
+      RK(curandSetGeneratorOffset(a, 0));
+      if (fn == 0) RK(curandGenerateUniformDouble(a, d, 10));
+      else RK(curandGenerateNormal(a, f, 10, 0.f, 1.f));
+      RK(curandGenerate(a, u, 4));
+      bool known = fn == 0 ? philox || mrg : philox;
+      unsigned long long cands[] = {10, 20, 5};
+      for (int c = 0; c < 3; c++) {
+        RK(curandSetGeneratorOffset(b, cands[c]));
+        RK(curandGenerate(b, w, 4));
+        CK(cuCtxSynchronize());
+        bool same = memcmp(u, w, 16) == 0;
+        if (known && c == 0)
+          cr_expect(same, "type %d fn %d: consumption is not n", types[t], fn);
+        else
+          cr_expect_not(same, "type %d fn %d: consumption follows a simple rule (%llu)", types[t], fn, cands[c]);
+      }
+    }
   }
 }
 
-/* Setting the seed re-initialises the state but keeps the offset. */
-Test(simcurand, seed_keeps_offset) {
+/* Setting the seed keeps the position (XORWOW, MRG32K3A); PHILOX keeps the
+ * last absolute offset plus a quarter of what was drawn since (measured). */
+Test(simcurand, seed_and_position) {
   ctx();
-  curandGenerator_t a = gen(CURAND_RNG_PSEUDO_PHILOX4_32_10, 1), b = gen(CURAND_RNG_PSEUDO_PHILOX4_32_10, 2);
-  unsigned *u = dalloc(64 * 4), *w = dalloc(64 * 4);
-  RK(curandGenerate(a, u, 32));
-  RK(curandSetPseudoRandomGeneratorSeed(a, 2));
-  RK(curandGenerate(a, u, 8));
-  RK(curandSetGeneratorOffset(b, 32));
-  RK(curandGenerate(b, w, 8));
-  CK(cuCtxSynchronize());
-  cr_expect_eq(memcmp(u, w, 32), 0);
+  const curandRngType_t types[] = {CURAND_RNG_PSEUDO_XORWOW, CURAND_RNG_PSEUDO_MRG32K3A,
+                                   CURAND_RNG_PSEUDO_PHILOX4_32_10};
+  for (int t = 0; t < 3; t++) {
+    curandGenerator_t a = gen(types[t], 1), b = gen(types[t], 2);
+    unsigned *u = dalloc(64 * 4), *w = dalloc(64 * 4);
+    RK(curandSetGeneratorOffset(a, 100));
+    RK(curandGenerate(a, u, 32));
+    RK(curandSetPseudoRandomGeneratorSeed(a, 2));
+    RK(curandGenerate(a, u, 8));
+    RK(curandSetGeneratorOffset(b, types[t] == CURAND_RNG_PSEUDO_PHILOX4_32_10 ? 100 + 32 / 4 : 132));
+    RK(curandGenerate(b, w, 8));
+    CK(cuCtxSynchronize());
+    cr_expect_eq(memcmp(u, w, 32), 0, "type %d", types[t]);
+  }
 }
 
 /* DEFAULT == BEST; LEGACY gives another sequence; ordering per type. */

@@ -9,7 +9,8 @@
  * [H] = curand.h doc comments of CUDA 13, [G] = cuRAND Library Programming
  * Guide, "Host API Overview" / "Generator Options" (Seed, Offset, Order),
  * [C] = cudarc PR #185 ("setting the seed initializes the state of the PRNG
- * but does not restart the sequence"), [D] = this double's own choice, marked
+ * but does not restart the sequence"), [R] = measured on the real cuRAND
+ * (below), [D] = this double's own choice, marked
  * where cuRAND documents nothing; the tracker in hooks/rng.h relies only on
  * rules marked [H]/[G] and flags the rest):
  *
@@ -26,14 +27,19 @@
  *    generated is the 100th of the sequence" [G]; units = 32-bit results of
  *    curandGenerate. Not available for MTGP32 and MT19937 [G: skip-ahead is
  *    not available for them] -> CURAND_STATUS_TYPE_ERROR [D, as hipRAND's
- *    documented equivalent]. Every successful generate call advances the
- *    offset by the number of 32-bit results it consumed:
- *      curandGenerate, Uniform, Normal, LogNormal, Poisson: n         [D]
- *      UniformDouble, NormalDouble, LogNormalDouble: 2n, except MRG32K3A
- *        (native double output) and quasi generators: n               [D]
- *      GenerateLongLong (64-bit quasi only): n                        [D]
+ *    documented equivalent]. Every successful generate call moves the
+ *    position by what it consumed; [R] = measured on the real cuRAND 10.4
+ *    (CUDA 13) with host generators, by tests/rng/host_rules.c:
+ *      curandGenerate, curandGenerateUniform: n, every type             [R]
+ *      UniformDouble: n on PHILOX4_32_10 and MRG32K3A                    [R]
+ *      Normal, LogNormal, NormalDouble, LogNormalDouble: n on PHILOX     [R]
+ *      everything else (XORWOW doubles and normals, MRG32K3A normals,
+ *      Poisson, LongLong): the real amount follows no simple rule [R], so
+ *      the double moves by a deliberately irregular amount (sc_consumed):
+ *      a tracker that guesses a rule there fails its tests.
  *  - Seed: pseudo generators only, else CURAND_STATUS_TYPE_ERROR [H]; setting
- *    it does NOT change the offset [C].
+ *    it keeps the position [C, R] on XORWOW and MRG32K3A; PHILOX4_32_10 keeps
+ *    the last absolute offset plus a quarter of what was drawn since [R].
  *  - Ordering per type (CURAND_STATUS_OUT_OF_RANGE otherwise [H]):
  *      XORWOW: PSEUDO_DEFAULT, BEST, SEEDED, LEGACY, DYNAMIC
  *      MRG32K3A, PHILOX4_32_10: PSEUDO_DEFAULT, BEST, LEGACY, DYNAMIC
@@ -77,6 +83,7 @@ struct curandGenerator_st {
     bool host;
     unsigned long long seed;
     unsigned long long offset;
+    unsigned long long anchor; /* offset at the last curandSetGeneratorOffset */
     unsigned dims;
     CUstream stream;
     struct curandGenerator_st *next; /* live list */
@@ -371,14 +378,19 @@ curandStatus_t CURANDAPI curandSetStream(curandGenerator_t generator, cudaStream
 
 curandStatus_t CURANDAPI curandSetPseudoRandomGeneratorSeed(curandGenerator_t generator, unsigned long long seed)
 {
-    SC_WITH(generator, if (!sc_pseudo(generator->type)) sc_st_ = CURAND_STATUS_TYPE_ERROR;
-            else generator->seed = seed);
+    SC_WITH(generator, if (!sc_pseudo(generator->type)) sc_st_ = CURAND_STATUS_TYPE_ERROR; else {
+        generator->seed = seed;
+        if (generator->type == CURAND_RNG_PSEUDO_PHILOX4_32_10) { /* [R] */
+            generator->offset = generator->anchor + (generator->offset - generator->anchor) / 4;
+            generator->anchor = generator->offset;
+        }
+    });
 }
 
 curandStatus_t CURANDAPI curandSetGeneratorOffset(curandGenerator_t generator, unsigned long long offset)
 {
     SC_WITH(generator, if (!sc_has_offset(generator->type)) sc_st_ = CURAND_STATUS_TYPE_ERROR;
-            else generator->offset = offset);
+            else generator->offset = generator->anchor = offset);
 }
 
 curandStatus_t CURANDAPI curandSetGeneratorOrdering(curandGenerator_t generator, curandOrdering_t order)
@@ -407,6 +419,30 @@ static bool sc_range_ok(const void *out, size_t bytes)
         cuPointerGetAttribute(&size, CU_POINTER_ATTRIBUTE_RANGE_SIZE, p) != CUDA_SUCCESS)
         return false;
     return p >= base && bytes <= size && p - base <= size - bytes;
+}
+
+/* Results consumed by one call: the measured rules [R], and an irregular
+ * amount where the real one follows no simple rule. */
+static unsigned long long sc_consumed(curandRngType_t t, enum sc_kind kind, size_t n, double lambda)
+{
+    unsigned long long ln = n;
+    bool philox = t == CURAND_RNG_PSEUDO_PHILOX4_32_10, mrg = t == CURAND_RNG_PSEUDO_MRG32K3A;
+    switch (kind) {
+    case K_U32:
+    case K_UNIF:
+        return ln;
+    case K_UNIF_D:
+        return philox || mrg ? ln : ln + ln / 2 + ln % 7;
+    case K_NORM:
+    case K_LOGN:
+    case K_NORM_D:
+    case K_LOGN_D:
+        return philox ? ln : ln / 2 + ln % 5 + 1 + (ln > 4096 ? ln / 9 : 0);
+    case K_POIS:
+        return ln + (lambda > 64.0 ? ln : 0) + ln % 3;
+    default: /* K_U64: quasi */
+        return ln;
+    }
 }
 
 static curandStatus_t sc_generate(curandGenerator_t g, enum sc_kind kind, void *out, size_t n, size_t elt,
@@ -445,11 +481,11 @@ static curandStatus_t sc_generate(curandGenerator_t g, enum sc_kind kind, void *
     j->key = sc_mix(g->seed ^ sc_mix(((uint64_t)g->type << 32) | sc_order_tag(g->ordering)));
     j->start = g->offset;
     j->n = n;
-    j->per = (is_double && pseudo && g->type != CURAND_RNG_PSEUDO_MRG32K3A) ? 2 : 1;
+    j->per = (is_double && g->type == CURAND_RNG_PSEUDO_XORWOW) ? 2 : 1;
     j->out = out;
     j->a = a;
     j->b = b;
-    unsigned long long consumed = (unsigned long long)n * (is_double ? j->per : 1);
+    unsigned long long consumed = pseudo ? sc_consumed(g->type, kind, n, a) : n;
     bool host = g->host;
     CUstream stream = g->stream;
     g->offset += consumed;
