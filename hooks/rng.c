@@ -482,7 +482,10 @@ curandStatus_t rng_hook_set_ordering(curandGenerator_t generator, curandOrdering
   if (s != CURAND_STATUS_SUCCESS) return s;
   pthread_mutex_lock(&mu);
   struct gen *g = find(generator);
-  if (g) g->st.ordering = order;
+  if (g) {
+    g->st.ordering = order; /* position kept [R], PHILOX: as for a reseed [R] */
+    if (g->type == CURAND_RNG_PSEUDO_PHILOX4_32_10 && g->st.offset != g->anchor) g->st.known = false;
+  }
   pthread_mutex_unlock(&mu);
   return s;
 }

@@ -21,29 +21,41 @@
  *   [H]); a generator whose position became unknown (below) until the next
  *   curandSetGeneratorOffset gives it an absolute position again.
  *
- * OFFSET RULE PER CALL (position += ...; only on CURAND_STATUS_SUCCESS):
- *   curandGenerate, curandGenerateUniform                      n   [G]
- *   curandGenerateNormal, curandGenerateLogNormal              n   (n even [H],
- *        Box-Muller: one pair of results per pair of outputs)
- *   curandGenerateUniformDouble, NormalDouble, LogNormalDouble 2n, or n for
- *        MRG32K3A (native double output)                           [M]
- *   curandGeneratePoisson, curandGeneratePoissonMethod,
- *   curandGenerateBinomial(Method)      position becomes UNKNOWN   [U]
- *   curandGenerateLongLong              64-bit quasi only [H]: not tracked
- *   curandSetGeneratorOffset(o)         position = o (absolute [H])
- *   curandSetPseudoRandomGeneratorSeed  seed changes, position kept    [C]
- *   curandSetGeneratorOrdering          ordering changes, position kept
- * Sources: [H] doc comments of curand.h (CUDA 13); [G] cuRAND Library
- * Programming Guide, Host API Overview, "Generator Options" (offset = 100 ->
- * the first number generated is the 100th of the sequence; skip-ahead not
- * available for MTGP32/MT19937); [C] cudarc PR #185 (setting the seed
- * re-initialises the state but does not restart the sequence); [M] the
- * two-32-bit-results-per-double rule of the cuRAND device API's
- * double-precision distributions, assumed for the host API (NOT documented
- * for the host API: to verify on the GPU, tests/rng/replay.c `rules`);
- * [U] cuRAND documents no consumption for the discrete distributions, so
- * the tracker does not guess. The test double (tests/simdev/curand.c)
- * implements exactly these rules.
+ * OFFSET RULE PER CALL (position += ...; only on CURAND_STATUS_SUCCESS).
+ * cuRAND documents what an offset means [G] but not how far a call moves
+ * it, so every rule below was MEASURED [R] and anything that follows no
+ * simple rule makes the position UNKNOWN instead of being guessed:
+ *                                     XORWOW     MRG32K3A    PHILOX4_32_10
+ *   curandGenerate, GenerateUniform   n          n           n
+ *   curandGenerateUniformDouble       unknown    n           n
+ *   Normal, LogNormal (n even [H]),
+ *   NormalDouble, LogNormalDouble     unknown    unknown     n
+ *   Poisson(Method), Binomial(Method) unknown    unknown     unknown
+ *   curandGenerateLongLong            64-bit quasi only [H]: never replayable
+ *   curandSetGeneratorOffset(o)       position = o (absolute [H])
+ *   curandSetPseudoRandomGeneratorSeed  position kept [C, R]; PHILOX: kept
+ *                                     only when nothing was drawn since the
+ *                                     last absolute offset, else unknown [R]
+ *   curandSetGeneratorOrdering        position kept [R]; PHILOX: as for
+ *                                     the seed [R]
+ * (e.g. XORWOW UniformDouble moved the position by n for n = 2, 6 and by
+ * 2n for 4096, 18194 for 10002; MRG32K3A Normal by n/2 except with the
+ * LEGACY ordering; PHILOX reseeded after drawing d results went to
+ * offset + d/4.) Sources: [H] doc comments of curand.h (CUDA 13); [G] cuRAND
+ * Library Programming Guide, Host API Overview and "Generator Options"
+ * (offset = 100 -> the first number generated is the 100th of the
+ * sequence; skip-ahead not available for MTGP32/MT19937; host and device
+ * generators give the same sequences and every other call works
+ * identically); [C] cudarc PR #185 (setting the seed re-initialises the
+ * state but does not restart the sequence); [R] measured on the real
+ * cuRAND 10.4.0 (CUDA 13 toolkit) with HOST generators, n in {2, 4096,
+ * 10002} at offsets {0, 1000, 2000}, orderings DEFAULT, BEST, LEGACY:
+ * tests/rng/host_rules.c `rules` (runs without a GPU:
+ * LD_LIBRARY_PATH=/usr/local/cuda/lib64 build/tests/rng/rng_host_rules
+ * rules). That device generators move exactly as host ones is [G]'s claim,
+ * still to check on a GPU (tests/rng/gpu_check.sh). The test double
+ * (tests/simdev/curand.c) implements these rules, and moves by a
+ * deliberately irregular amount in the unknown cells.
  *
  * REPLAY. rng_region_opened(r) records every live generator's state, and a
  * copy of the named states. rng_replay_begin(r) sets each replayable

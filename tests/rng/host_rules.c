@@ -142,6 +142,16 @@ static int rules(void) {
           types[t]);
     CR(curandDestroyGenerator(g));
   }
+  for (int t = 0; t < 2; t++) { /* an ordering change keeps the position (not PHILOX) */
+    curandGenerator_t g = hgen(types[t], 5, CURAND_ORDERING_PSEUDO_DEFAULT);
+    CR(curandSetGeneratorOffset(g, 10));
+    CR(curandGenerate(g, buf.u, 4000));
+    CR(curandSetGeneratorOrdering(g, CURAND_ORDERING_PSEUDO_LEGACY));
+    struct rng_gen_info i;
+    CHECK(rng_generator_info(g, &i) == 0 && i.position_known && i.offset == 4010, "ordering change lost it");
+    CHECK(at(g, types[t], 5, CURAND_ORDERING_PSEUDO_LEGACY, 0, 4010), "type %d: ordering change moved it", types[t]);
+    CR(curandDestroyGenerator(g));
+  }
   curandGenerator_t p = hgen(CURAND_RNG_PSEUDO_PHILOX4_32_10, 5, CURAND_ORDERING_PSEUDO_DEFAULT);
   CR(curandGenerate(p, buf.u, 5000));
   CR(curandSetPseudoRandomGeneratorSeed(p, 6));

@@ -153,6 +153,16 @@ Test(rng, philox_reseed_after_drawing_is_not_guessed) {
   expect_position_true(g, CURAND_RNG_PSEUDO_PHILOX4_32_10); /* draws 16 */
   RK(rng_hook_set_seed(g, 3));
   cr_expect_not(info(g).position_known);
+  RK(rng_hook_set_offset(g, 8));
+  free(draw(g, 8));
+  RK(rng_hook_set_ordering(g, CURAND_ORDERING_PSEUDO_LEGACY)); /* the same for an ordering change */
+  cr_expect_not(info(g).position_known);
+  /* XORWOW and MRG32K3A keep it */
+  curandGenerator_t x = hgen(CURAND_RNG_PSEUDO_MRG32K3A, 1);
+  free(draw(x, 8));
+  RK(rng_hook_set_ordering(x, CURAND_ORDERING_PSEUDO_LEGACY));
+  cr_expect(info(x).position_known);
+  expect_position_true(x, CURAND_RNG_PSEUDO_MRG32K3A);
 }
 
 Test(rng, default_type_seed_keeps_offset) {

@@ -40,6 +40,8 @@
  *  - Seed: pseudo generators only, else CURAND_STATUS_TYPE_ERROR [H]; setting
  *    it keeps the position [C, R] on XORWOW and MRG32K3A; PHILOX4_32_10 keeps
  *    the last absolute offset plus a quarter of what was drawn since [R].
+ *  - Ordering: the position is kept on XORWOW and MRG32K3A [R]; PHILOX moves
+ *    as for a reseed ([R]: it moves; by how much is the double's choice).
  *  - Ordering per type (CURAND_STATUS_OUT_OF_RANGE otherwise [H]):
  *      XORWOW: PSEUDO_DEFAULT, BEST, SEEDED, LEGACY, DYNAMIC
  *      MRG32K3A, PHILOX4_32_10: PSEUDO_DEFAULT, BEST, LEGACY, DYNAMIC
@@ -395,8 +397,13 @@ curandStatus_t CURANDAPI curandSetGeneratorOffset(curandGenerator_t generator, u
 
 curandStatus_t CURANDAPI curandSetGeneratorOrdering(curandGenerator_t generator, curandOrdering_t order)
 {
-    SC_WITH(generator, if (!sc_ordering_ok(generator->type, order)) sc_st_ = CURAND_STATUS_OUT_OF_RANGE;
-            else generator->ordering = order);
+    SC_WITH(generator, if (!sc_ordering_ok(generator->type, order)) sc_st_ = CURAND_STATUS_OUT_OF_RANGE; else {
+        generator->ordering = order;
+        if (generator->type == CURAND_RNG_PSEUDO_PHILOX4_32_10) { /* moves, as the real one does [R] */
+            generator->offset = generator->anchor + (generator->offset - generator->anchor) / 4;
+            generator->anchor = generator->offset;
+        }
+    });
 }
 
 curandStatus_t CURANDAPI curandSetQuasiRandomGeneratorDimensions(curandGenerator_t generator,
