@@ -2,9 +2,9 @@
 # GPU check of issue 13 (for a session with a device): builds tests/rng/replay.c
 # against the REAL libcurand.so.10 and libcuda.so.1 (shim.c stands in for the
 # preload) and runs every scenario. `rules` checks the offset rules of
-# hooks/rng.h against real cuRAND: the [M] (doubles: 2 results each, 1 on
-# MRG32K3A) and [C] (re-seeding keeps the position) rules are the ones not
-# documented for the host API. Run from the repository root; ~1 minute.
+# hooks/rng.h on DEVICE generators: they were measured on host generators
+# (tests/rng/host_rules.c), and cuRAND says host and device behave alike;
+# this is where that is confirmed. Run from the repository root; ~1 minute.
 #   sh tests/rng/gpu_check.sh [out-dir]
 set -eu
 CUDA=${CUDA_HOME:-/usr/local/cuda}

@@ -9,8 +9,10 @@
  *   rng_replay unsupported  MTGP32 / SEEDED generators alongside: left alone
  *   rng_replay tracker      named states: refusals, fork restores the outer state
  *   rng_replay fork_in_region  a fork inside a region replays too
- *   rng_replay rules        the offset rules of hooks/rng.h against whatever
- *                           libcurand.so.10 is loaded (the GPU check: real cuRAND)
+ *   rng_replay rules        the offset rules hooks/rng.h tracks, on DEVICE
+ *                           generators, against whatever libcurand.so.10 is
+ *                           loaded (the GPU check: real cuRAND; the rules were
+ *                           measured on host generators, tests/rng/host_rules.c)
  *
  * It uses only curand.h, cuda.h and the libckpt API, found with
  * dlsym(RTLD_DEFAULT): linked with tests/rng/shim.c today, under
@@ -406,8 +408,9 @@ static int s_tracker(void) {
   return failures != 0;
 }
 
-/* ---- rules: each generate function moves the position as hooks/rng.h says,
- * checked against the loaded cuRAND with curandSetGeneratorOffset only. */
+/* ---- rules: each generate function the tracker models moves the position as
+ * hooks/rng.h says, checked against the loaded cuRAND with
+ * curandSetGeneratorOffset only; cells it does not model are skipped. */
 static int s_rules(void) {
   load();
   context();
