@@ -1,9 +1,11 @@
 """Python side of libckpt: bindings of ckpt.h, a drop-in for deepspeed.checkpointing
 (`ckpt.checkpointing`), and the zero-code-change integrations (`ckpt.autopatch`).
 
-Importing ckpt never imports torch and works without libckpt in the process;
-calling into the library then raises a RuntimeError that says to run under
-LD_PRELOAD=/path/to/libckpt.so or scripts/ckpt-run.
+Importing ckpt never imports torch and works without libckpt in the process:
+then `ckpt.region` and `ckpt.stats` warn once and do nothing, and the explicit
+calls (offload, restore, ...) raise a RuntimeError that says to run under
+LD_PRELOAD=/path/to/libckpt.so or ckpt-run. A pip-installed package carries
+its own libckpt.so (`ckpt.bundled_library()`), which its `ckpt-run` preloads.
 """
 
 from .api import (
@@ -24,6 +26,7 @@ from .api import (
 from .errors import CkptError, LibraryNotLoaded
 from .launch import launch_env
 from .library import available, load_library
+from .library import bundled_path as bundled_library
 
 __version__ = "0.1.0"
 
@@ -32,6 +35,7 @@ __all__ = [
     "LibraryNotLoaded",
     "RESIDENCY_NAMES",
     "available",
+    "bundled_library",
     "launch_env",
     "library_path",
     "load_library",
@@ -51,7 +55,8 @@ __all__ = [
 
 
 def library_path():
-    """Path of the bound libckpt.so (None if unknown); raises when it is not loaded."""
+    """Path of the bound libckpt.so (None if unknown); raises when it is not loaded
+    (bundled_library() is the copy a pip install ships, loaded or not)."""
     from . import library
 
     return library.get().path

@@ -1,8 +1,11 @@
 """The Python face of ckpt.h: regions, offload/restore, residency queries, stats.
 
-Every function raises LibraryNotLoaded (a RuntimeError with the LD_PRELOAD hint)
-when libckpt is not in the process, and CkptError on an unexpected negative
-return code. "Nothing to do" (CKPT_ENOENT: nothing tagged there; CKPT_EDISABLED:
+Without libckpt in the process, `region` and `stats` warn once (a
+RuntimeWarning with the LD_PRELOAD hint) and do nothing: a region is then an
+empty context and stats() an empty dict, so instrumented code runs unchanged.
+The explicit calls (offload, restore, query, step, mode, ...) raise
+LibraryNotLoaded (a RuntimeError with the same hint). Every function raises
+CkptError on an unexpected negative return code. "Nothing to do" (CKPT_ENOENT: nothing tagged there; CKPT_EDISABLED:
 libckpt runs as a pass-through) is an answer, not an error: the offload and
 restore calls return False for it.
 """
@@ -17,7 +20,7 @@ import warnings
 from typing import Callable, Dict, Optional, Tuple, TypeVar, Union
 
 from . import library
-from .errors import EDISABLED, ENOENT, CkptError
+from .errors import EDISABLED, ENOENT, CkptError, LibraryNotLoaded
 
 RESIDENCY_NAMES = {
     0: "untagged",
@@ -31,6 +34,20 @@ RESIDENCY_NAMES = {
 _NOTHING_TO_DO = (ENOENT, EDISABLED)
 
 F = TypeVar("F", bound=Callable)
+
+
+_warned_absent = False
+
+
+def _library_or_warn(what: str):
+    """The bound library, or None after one warning per process."""
+    global _warned_absent
+    lib = library.get_or_none()
+    if lib is None and not _warned_absent:
+        _warned_absent = True
+        hint = str(LibraryNotLoaded(library.search_error()))
+        warnings.warn(f"ckpt: {what} does nothing: {hint}", RuntimeWarning, stacklevel=3)
+    return lib
 
 
 def _check(call: str, rc: int) -> int:
@@ -124,9 +141,13 @@ def mode() -> str:
 
 
 def stats() -> Dict[str, Union[int, float]]:
-    """The library's struct ckpt_stats as a dict (fields it did not fill are left out)."""
+    """The library's struct ckpt_stats as a dict (fields it did not fill are left out);
+    {} (after one warning) when libckpt is not loaded."""
+    lib = _library_or_warn("ckpt.stats()")
+    if lib is None:
+        return {}
     out = library.CkptStats()
-    _check("ckpt_stats_get", library.get().ckpt_stats_get(ctypes.byref(out), ctypes.sizeof(out)))
+    _check("ckpt_stats_get", lib.ckpt_stats_get(ctypes.byref(out), ctypes.sizeof(out)))
     filled = out.size or ctypes.sizeof(out)
     result: Dict[str, Union[int, float]] = {}
     for name, ctype in library.CkptStats._fields_:
@@ -141,7 +162,9 @@ class region:
 
     Device allocations made inside are tagged with the region, and offloaded
     once a later region has closed. `.id` is the region id while open and after
-    (None when libckpt runs disabled). Regions nest; each `with` opens a new one.
+    (None when libckpt runs disabled, or is not loaded: then the first region
+    warns once and every region does nothing). Regions nest; each `with` opens
+    a new one.
     """
 
     def __init__(self, name: str = "region"):
@@ -150,10 +173,14 @@ class region:
         self._open = threading.local()
 
     def __enter__(self) -> "region":
-        lib = library.get()
+        lib = _library_or_warn("ckpt.region()")
+        stack = self._stack()
+        if lib is None:
+            stack.append(None)
+            self.id = None
+            return self
         sync_torch_stream()
         rc = lib.ckpt_region_begin(self.name.encode())
-        stack = self._stack()
         if rc == EDISABLED:
             stack.append(None)
             self.id = None

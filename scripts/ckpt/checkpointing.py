@@ -25,7 +25,9 @@ Differences, by design:
   recompute.
 * Without libckpt in the process, checkpoints still recompute (plain activation
   checkpointing); a warning says once that nothing is offloaded.
-* Configuration mistakes raise ValueError naming the key.
+* Configuration mistakes raise ConfigError naming the key: both a ValueError
+  and an AssertionError (what DeepSpeed raises), with DeepSpeed's wording
+  where it has one ("Must specify the number of layers ...").
 * Without CUDA, the "CUDA" RNG state is the CPU generator's (see ckpt.rng).
 * The partition helpers (partition_activations(), gather_...()) are kept for
   their names and work on their own, but the checkpoints do not use them.
@@ -42,6 +44,7 @@ from typing import Any, List
 import torch
 
 from . import dsconfig, library, recompute
+from .dsconfig import ConfigError
 from .rng import (  # noqa: F401  (re-exported, as DeepSpeed's module has them)
     _CUDA_RNG_STATE_TRACKER,
     _MODEL_PARALLEL_RNG_TRACKER_NAME,
@@ -68,7 +71,8 @@ contiguous_data_buffers: List[Any] = []
 data_offsets: List[int] = []
 contiguous_size_buffers: List[Any] = []
 size_offsets: List[int] = []
-# Profiling totals (a _Timers) once `profile` has timed something.
+# DeepSpeed-like timers once `profile` has timed something: timers("fwd") and
+# timers("backward"), each with start(), stop(), reset(), elapsed().
 timers = None
 
 PARTITION_ACTIVATIONS = False
@@ -83,6 +87,10 @@ transport_stream = None
 cuda_device = None
 
 PEER_PARTITIONING_AVAILABLE = False
+
+
+class ArgumentError(ValueError, AssertionError):
+    """A bad argument to a partition helper (DeepSpeed asserts there)."""
 
 _warned: set = set()
 
@@ -163,6 +171,19 @@ def model_parallel_cuda_manual_seed(seed: int) -> None:
     _CUDA_RNG_STATE_TRACKER.add(_MODEL_PARALLEL_RNG_TRACKER_NAME, model_parallel_seed)
 
 
+def model_parallel_reconfigure_tp_seed(seed: int) -> None:
+    """Re-seeds only the tracker state 'model-parallel-rng' with seed + 2718 +
+    tensor-parallel rank (after the tensor-parallel layout changed); the default
+    device generator keeps its state. The state must exist
+    (model_parallel_cuda_manual_seed adds it)."""
+    tp_rank = _tensor_parallel_rank(mpu)
+    model_parallel_seed = seed + 2718 + tp_rank
+    logger.info("ckpt: tensor-parallel rank %d: model-parallel seed reconfigured to %d", tp_rank,
+                model_parallel_seed)
+    with _CUDA_RNG_STATE_TRACKER.fork():
+        device_manual_seed(model_parallel_seed)
+
+
 # ---- partition helpers (kept for their names; the checkpoints do not use them) ----
 
 
@@ -175,7 +196,7 @@ def get_partition_size(item) -> int:
     """Elements of `item` in each model-parallel rank's slice."""
     _init_model_parallel_state()
     if item.numel() % mp_size:
-        raise ValueError(f"cannot partition {item.numel()} elements over {mp_size} ranks")
+        raise ArgumentError(f"cannot partition {item.numel()} elements over {mp_size} ranks")
     return item.numel() // mp_size
 
 
@@ -220,7 +241,7 @@ def gather_partitioned_activations(tensors, device=None):
     """Rebuilds full activations from (slice, size) pairs: an all-gather over the
     model-parallel group when there is one, a reshape otherwise."""
     if len(tensors) % 2:
-        raise ValueError(f"expected (tensor, size) pairs, got {len(tensors)} items")
+        raise ArgumentError(f"expected (tensor, size) pairs, got {len(tensors)} items")
     _init_model_parallel_state()
     out = []
     for item, size in zip(tensors[0::2], tensors[1::2]):
@@ -244,12 +265,94 @@ def gather_partitioned_activations(tensors, device=None):
 # ---- the checkpoints ----------------------------------------------------------
 
 
+FORWARD_GLOBAL_TIMER = "fwd"  # DeepSpeed's name of the checkpoint-forward timer
+BACKWARD_TIMER = "backward"
+
+
+class _Timer:
+    """One named wall-clock timer, as DeepSpeed's: start(), stop(), reset(),
+    elapsed(reset=True) in milliseconds, mean() per start/stop pair."""
+
+    def __init__(self, name: str) -> None:
+        self.name_ = name
+        self.started_ = False
+        self.start_time = 0.0
+        self.elapsed_ = 0.0  # seconds, accumulated since the last reset
+        self.count = 0
+        self.total_ = 0.0  # seconds, never reset (for mean())
+        self.total_count = 0
+
+    def start(self) -> None:
+        if self.started_:
+            raise RuntimeError(f"timer {self.name_} has already been started")
+        self.start_time = time.perf_counter()
+        self.started_ = True
+
+    def stop(self, reset: bool = False, record: bool = False) -> None:
+        if not self.started_:
+            raise RuntimeError(f"timer {self.name_} is not started")
+        seconds = time.perf_counter() - self.start_time
+        if reset:
+            self.elapsed_ = 0.0
+            self.count = 0
+        self.elapsed_ += seconds
+        self.count += 1
+        self.total_ += seconds
+        self.total_count += 1
+        self.started_ = False
+
+    def reset(self) -> None:
+        self.started_ = False
+        self.elapsed_ = 0.0
+        self.count = 0
+
+    def elapsed(self, reset: bool = True) -> float:
+        """Milliseconds accumulated since the last reset (a running timer counts
+        up to now); reset=True starts the count again."""
+        running = self.started_
+        ms = self.elapsed_ * 1e3
+        if running:
+            ms += (time.perf_counter() - self.start_time) * 1e3
+        if reset:
+            self.elapsed_ = 0.0
+            self.count = 0
+            if running:
+                self.start_time = time.perf_counter()
+        return ms
+
+    def mean(self) -> float:
+        """Mean milliseconds per start/stop pair since the timer was made."""
+        return self.total_ * 1e3 / self.total_count if self.total_count else 0.0
+
+
 class _Timers:
-    """Checkpoint time totals, kept when `profile` is on."""
+    """DeepSpeed's timer group: timers(name) makes or returns a _Timer;
+    log(names) logs their elapsed milliseconds. `seconds` and `calls` total
+    the checkpoint phases ("forward", "backward") since the first one."""
 
     def __init__(self) -> None:
+        self.timers = {}
         self.seconds = {"forward": 0.0, "backward": 0.0}
         self.calls = {"forward": 0, "backward": 0}
+
+    def __call__(self, name: str) -> _Timer:
+        if name not in self.timers:
+            self.timers[name] = _Timer(name)
+        return self.timers[name]
+
+    def get_timers(self):
+        return self.timers
+
+    def has_timer(self, name: str) -> bool:
+        return name in self.timers
+
+    def log(self, names, normalizer: float = 1.0, reset: bool = True, memory_breakdown: bool = False,
+            ranks=None) -> str:
+        assert normalizer > 0.0
+        parts = [f"{n}: {self.timers[n].elapsed(reset=reset) / normalizer:.2f}" for n in names if n in self.timers]
+        line = "time (ms) | " + " | ".join(parts)
+        logger.info("ckpt: %s", line)
+        return line
 
     def add(self, phase: str, seconds: float) -> None:
         self.seconds[phase] += seconds
@@ -267,15 +370,29 @@ def _boundary(phase: str):
     global timers
     if SYNCHRONIZE or PROFILE_TIME:
         _synchronize()
-    start = time.perf_counter()
-    yield
-    if SYNCHRONIZE or PROFILE_TIME:
-        _synchronize()
+    timer = None
     if PROFILE_TIME:
-        seconds = time.perf_counter() - start
         if timers is None:
             timers = _Timers()
+        timer = timers(FORWARD_GLOBAL_TIMER if phase == "forward" else BACKWARD_TIMER)
+        if timer.started_:  # a nested checkpoint: the outer one times it
+            timer = None
+        else:
+            timer.start()
+    start = time.perf_counter()
+    try:
+        yield
+        if SYNCHRONIZE or PROFILE_TIME:
+            _synchronize()
+    except BaseException:
+        if timer is not None:  # a failed checkpoint is not timed, and leaves no timer running
+            timer.started_ = False
+        raise
+    if PROFILE_TIME:
+        seconds = time.perf_counter() - start
         timers.add(phase, seconds)
+        if timer is not None:
+            timer.stop()
         logger.info("ckpt: checkpoint %s %.3f ms", phase, seconds * 1e3)
 
 
@@ -381,11 +498,31 @@ class CheckpointFunction(torch.autograd.Function):
         return (None, None) + tuple(x.grad if torch.is_tensor(x) else None for x in inputs)
 
 
-def checkpoint(function, *args):
-    """Runs function(*args) without keeping its activations; backward recomputes
-    them (reentrant). Returns what function returns: one output as is, several
-    (or a list) as a tuple."""
-    call = _Call("checkpoint:" + recompute.name_of(function), _before_forward())
+class _WithKeywords:
+    """function(*args, **kwargs) as a function of positional arguments only:
+    the keyword values follow the positional ones, so tensor keyword arguments
+    are saved, restored and get gradients like positional ones."""
+
+    def __init__(self, function, npositional: int, keys):
+        self.function = function
+        self.npositional = npositional
+        self.keys = tuple(keys)
+
+    def __call__(self, *flat):
+        n = self.npositional
+        return self.function(*flat[:n], **dict(zip(self.keys, flat[n:])))
+
+
+def checkpoint(function, *args, **kwargs):
+    """Runs function(*args, **kwargs) without keeping its activations; backward
+    recomputes them (reentrant). Tensor keyword arguments get gradients like
+    positional ones (DeepSpeed >= 0.19.4). Returns what function returns: one
+    output as is, several (or a list) as a tuple."""
+    name = "checkpoint:" + recompute.name_of(function)
+    if kwargs:
+        function = _WithKeywords(function, len(args), kwargs)
+        args = args + tuple(kwargs.values())
+    call = _Call(name, _before_forward())
     returned = iter(CheckpointFunction.apply(function, call, *args))
     return _result([next(returned) if torch.is_tensor(o) else o for o in call.outputs])
 
@@ -397,14 +534,15 @@ def _torch_checkpoint():
     return getattr(fn, "__ckpt_original__", fn)
 
 
-def non_reentrant_checkpoint(function, *args):
+def non_reentrant_checkpoint(function, *args, **kwargs):
     """checkpoint() through autograd's saved-tensor hooks instead of a reentrant
-    backward: works when no input requires grad, and with `.grad()`."""
+    backward: works when no input requires grad, and with `.grad()`. Keyword
+    arguments are passed to function as they are."""
     active = _before_forward()
     wrapped = recompute.RegionFunction(function, "checkpoint:" + recompute.name_of(function), active,
                                        replay_rng=True)
     with _boundary("forward"):
-        outputs = _torch_checkpoint()(wrapped, *args, use_reentrant=False, preserve_rng_state=True)
+        outputs = _torch_checkpoint()(wrapped, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
     return _result(_flatten_outputs(outputs))
 
 
@@ -480,8 +618,9 @@ def configure(
     The keyword arguments override it: partition_activations,
     contiguous_checkpointing (contiguous_memory_optimization), num_checkpoints
     (number_checkpoints), checkpoint_in_cpu (cpu_checkpointing), synchronize
-    (synchronize_checkpoint_boundary), profile. A mistake raises ValueError
-    naming the key, and leaves the previous configuration in place.
+    (synchronize_checkpoint_boundary), profile. A mistake raises ConfigError
+    (a ValueError and an AssertionError) naming the key, and leaves the previous
+    configuration in place.
     """
     global mpu, mp_rank, mp_size, mp_group, num_layers
     global PARTITION_ACTIVATIONS, CONTIGUOUS_CHECKPOINTING, CPU_CHECKPOINT, SYNCHRONIZE, PROFILE_TIME
@@ -502,11 +641,13 @@ def configure(
     if num_checkpoints is not None:
         settings.number_checkpoints = dsconfig.check_count("num_checkpoints", num_checkpoints)
     if settings.contiguous_memory_optimization and not settings.partition_activations:
-        raise ValueError("contiguous_memory_optimization (contiguous_checkpointing) needs "
-                         "partition_activations")
+        raise ConfigError("Contiguous Checkpointing is only available with partitioned activations: "
+                          "contiguous_memory_optimization (contiguous_checkpointing) needs "
+                          "partition_activations")
     if settings.contiguous_memory_optimization and settings.number_checkpoints is None:
-        raise ValueError("contiguous_memory_optimization (contiguous_checkpointing) needs "
-                         "number_checkpoints (num_checkpoints)")
+        raise ConfigError("Must specify the number of layers with contiguous memory checkpointing: "
+                          "contiguous_memory_optimization (contiguous_checkpointing) needs "
+                          "number_checkpoints (num_checkpoints)")
 
     _configure_defaults()
     if mpu_ is not None and mpu_ is not mpu:

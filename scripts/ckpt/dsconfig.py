@@ -3,7 +3,9 @@
 Accepts what deepspeed.checkpointing.configure(deepspeed_config=...) accepts: a
 path to the JSON file or the config as a dict (the whole config, or just the
 section). Unlike DeepSpeed, a mistake is not silently ignored: an unknown key
-or a value of the wrong type raises ValueError naming the key.
+or a value of the wrong type raises ConfigError naming the key. ConfigError is
+both a ValueError and an AssertionError (DeepSpeed asserts), so code written
+for either catches it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Union
 
 SECTION = "activation_checkpointing"
+
+
+class ConfigError(ValueError, AssertionError):
+    """A configuration mistake: a ValueError, and an AssertionError as DeepSpeed raises."""
 
 
 @dataclass
@@ -33,7 +39,7 @@ KEYS = tuple(f.name for f in fields(ActivationCheckpointingConfig))
 
 def check_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
     return value
 
 
@@ -41,7 +47,7 @@ def check_count(key: str, value: Any) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a positive integer or null, got {value!r}")
+        raise ConfigError(f"{key} must be a positive integer or null, got {value!r}")
     return value
 
 
@@ -54,13 +60,13 @@ def _load(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Mapping[str, An
             with open(path) as f:
                 loaded = json.load(f)
         except OSError as exc:
-            raise ValueError(f"deepspeed_config: cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(f"deepspeed_config: cannot read {path}: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"deepspeed_config: {path} is not valid JSON: {exc}") from None
+            raise ConfigError(f"deepspeed_config: {path} is not valid JSON: {exc}") from None
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"deepspeed_config: {path} must hold a JSON object")
+            raise ConfigError(f"deepspeed_config: {path} must hold a JSON object")
         return loaded
-    raise ValueError(f"deepspeed_config must be a path or a dict, got {type(config).__name__}")
+    raise ConfigError(f"deepspeed_config must be a path or a dict, got {type(config).__name__}")
 
 
 def parse(config: Union[str, os.PathLike, Mapping[str, Any]]) -> ActivationCheckpointingConfig:
@@ -73,14 +79,14 @@ def parse(config: Union[str, os.PathLike, Mapping[str, Any]]) -> ActivationCheck
         section = whole[SECTION]
         where = SECTION + "."
         if not isinstance(section, Mapping):
-            raise ValueError(f"{SECTION} must be a JSON object, got {section!r}")
+            raise ConfigError(f"{SECTION} must be a JSON object, got {section!r}")
     elif whole and all(key in KEYS for key in whole):
         section, where = whole, ""
     else:
         section, where = {}, ""
     for key in section:
         if key not in KEYS:
-            raise ValueError(f"unknown key {where}{key} (known: {', '.join(KEYS)})")
+            raise ConfigError(f"unknown key {where}{key} (known: {', '.join(KEYS)})")
     result = ActivationCheckpointingConfig()
     for key, value in section.items():
         if key == "number_checkpoints":

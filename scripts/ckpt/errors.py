@@ -31,7 +31,7 @@ _ERROR_MEANINGS = {
 
 PRELOAD_HINT = (
     "libckpt is not loaded in this process: run it under "
-    "LD_PRELOAD=/path/to/libckpt.so (or through scripts/ckpt-run), "
+    "LD_PRELOAD=/path/to/libckpt.so (or through ckpt-run, or scripts/ckpt-run in a source tree), "
     "or set CKPT_LIBRARY=/path/to/libckpt.so"
 )
 

@@ -186,6 +186,22 @@ def get_or_none() -> Optional[Library]:
         return None
 
 
+def search_error() -> str:
+    """Why the last search found no library ("" when it did, or none ran)."""
+    return _search_error
+
+
+def bundled_path() -> Optional[str]:
+    """The libckpt.so installed inside this package (pip install .), or None.
+
+    That copy is what the installed `ckpt-run` preloads. It is never loaded
+    into the process by `import ckpt`: loaded by path, libckpt sees no CUDA
+    allocation, so it has to come through LD_PRELOAD (ckpt-run does that).
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libckpt.so")
+    return path if os.path.isfile(path) else None
+
+
 def available() -> bool:
     """True when libckpt is bound (preloaded, or loaded by path)."""
     return get_or_none() is not None

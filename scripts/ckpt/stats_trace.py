@@ -198,14 +198,88 @@ def memory_series(trace: Trace) -> Tuple[List[float], List[int], List[int]]:
     return ts, used, without
 
 
+def peak_saving(trace: Trace) -> Dict[str, Optional[float]]:
+    """Device peak as sampled, and what it would have been without the bytes
+    libckpt held offloaded at each sample (None without samples)."""
+    _, used, without = memory_series(trace)
+    if not used:
+        return {"used": None, "without_libckpt": None, "saved_fraction": None}
+    peak, peak_without = max(used), max(without)
+    saved = (peak_without - peak) / peak_without if peak_without > 0 else None
+    return {"used": peak, "without_libckpt": peak_without, "saved_fraction": saved}
+
+
+def _size(n: float, unit: Optional[str] = None) -> str:
+    unit = unit or ("GiB" if n >= 4 * (1 << 30) else "MiB")
+    div = float(1 << 30) if unit == "GiB" else float(1 << 20)
+    v = n / div
+    return f"{v:.0f}" if abs(v - round(v)) < 0.05 or v >= 100 else f"{v:.1f}"
+
+
+def peak_note(peak: Dict[str, Optional[float]]) -> Optional[str]:
+    """'peak 512 → 256 MiB, −50%': without libckpt → with it, the saving."""
+    if peak["used"] is None:
+        return None
+    before, after = peak["without_libckpt"], peak["used"]
+    unit = "GiB" if before >= 4 * (1 << 30) else "MiB"
+    pct = f", \u2212{peak['saved_fraction'] * 100:.0f}%" if peak["saved_fraction"] else ", no saving"
+    return f"peak {_size(before, unit)} \u2192 {_size(after, unit)} {unit}{pct}"
+
+
 def summary(trace: Trace) -> Dict[str, object]:
     return {"path": os.path.abspath(trace.path), "pid": trace.pid, "version": VERSION,
             "start_time": trace.start_realtime, "duration_seconds": trace.duration,
             "events": len(trace.events), "dropped": trace.dropped, "regions": per_region(trace),
-            "steps": per_step(trace), "call_sites": trace.sites}
+            "steps": per_step(trace), "call_sites": trace.sites, "device_peak": peak_saving(trace)}
 
 
-def plot(trace: Trace, out_png: str) -> None:
+def region_intervals(trace: Trace) -> List[Tuple[float, float, str, int]]:
+    """Top-level regions as (open, close, name, depth) in order of opening;
+    nested ones too, with their depth (0 = top level)."""
+    stack: List[Tuple[int, float]] = []
+    out: List[Tuple[float, float, str, int]] = []
+    for e in trace.events:
+        if e.kind == REGION_OPEN:
+            stack.append((e.region, e.t))
+        elif e.kind == REGION_CLOSE:
+            for k in range(len(stack) - 1, -1, -1):
+                if stack[k][0] == e.region:
+                    rid, t0 = stack.pop(k)
+                    out.append((t0, e.t, trace.region_names.get(rid, f"#{rid}"), k))
+                    break
+    end = trace.duration
+    for k, (rid, t0) in enumerate(stack):  # still open when the trace ended
+        out.append((t0, end, trace.region_names.get(rid, f"#{rid}"), k))
+    out.sort()
+    return out
+
+
+def step_times(trace: Trace) -> List[float]:
+    return [e.t for e in trace.events if e.kind == STEP]
+
+
+def backward_spans(trace: Trace) -> List[Tuple[float, float]]:
+    """Per step, from the first restore to the step's end: the backward pass
+    as libckpt sees it (restores are asked for by backward)."""
+    bounds = [0.0] + step_times(trace) + [trace.duration]
+    firsts = [e.t for e in trace.events if e.kind == RESTORE_START]
+    spans = []
+    for a, b in zip(bounds, bounds[1:]):
+        inside = [t for t in firsts if a <= t < b]
+        if inside:
+            spans.append((min(inside), b))
+    return spans
+
+
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def plot(trace: Trace, out_path: str) -> None:
+    """Draws the trace into out_path; the format follows its extension
+    (.png, .svg or .pdf)."""
+    ext = os.path.splitext(out_path)[1].lower()
+    if ext not in PLOT_FORMATS:
+        raise TraceError(f"{out_path}: the plot format follows the extension: .png, .svg or .pdf")
     try:
         import matplotlib
     except ImportError:
@@ -214,33 +288,83 @@ def plot(trace: Trace, out_png: str) -> None:
     import matplotlib.pyplot as plt
 
     ts, used, without = memory_series(trace)
+    if ts and trace.duration > ts[-1]:  # hold the last sample to the end
+        ts, used, without = ts + [trace.duration], used + used[-1:], without + without[-1:]
     jobs = copy_intervals(trace)
-    fig, (mem_ax, copy_ax) = plt.subplots(2, 1, figsize=(11, 6), sharex=True,
-                                          gridspec_kw={"height_ratios": [3, 1]})
-    gib = float(1 << 30)
+    regions = region_intervals(trace)
+    steps = step_times(trace)
+    peak = peak_saving(trace)
+    unit = "GiB" if (peak["without_libckpt"] or 0) >= 4 * (1 << 30) else "MiB"
+    div = float(1 << 30) if unit == "GiB" else float(1 << 20)
+
+    fig, (mem_ax, reg_ax, copy_ax) = plt.subplots(3, 1, figsize=(13, 7.5), sharex=True,
+                                                   gridspec_kw={"height_ratios": [3, 1, 1]})
     if ts:
-        mem_ax.step(ts, [u / gib for u in without], where="post", label="without libckpt (used + offloaded)",
+        mem_ax.step(ts, [u / div for u in without], where="post", label="without libckpt (used + offloaded)",
                     color="tab:red", alpha=0.7)
-        mem_ax.step(ts, [u / gib for u in used], where="post", label="device used", color="tab:blue")
-        mem_ax.legend(loc="upper left")
+        mem_ax.step(ts, [u / div for u in used], where="post", label="device used (with libckpt)",
+                    color="tab:blue")
+        note = peak_note(peak)
+        mem_ax.axhline(peak["without_libckpt"] / div, color="tab:red", lw=0.6, ls=":")
+        mem_ax.axhline(peak["used"] / div, color="tab:blue", lw=0.6, ls=":")
+        mem_ax.text(0.99, 0.04, note, transform=mem_ax.transAxes, ha="right", va="bottom", fontsize=12,
+                    fontweight="bold", bbox=dict(boxstyle="round", fc="white", ec="0.6"))
+        mem_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        mem_ax.set_ylim(bottom=0)
     else:
         mem_ax.text(0.5, 0.5, "no device memory samples in this trace", ha="center", va="center",
                     transform=mem_ax.transAxes)
-    mem_ax.set_ylabel("GiB")
+    mem_ax.set_ylabel(unit)
     mem_ax.set_title(f"libckpt trace of pid {trace.pid}: device memory")
-    for row, (which, color) in enumerate((("offload", "tab:orange"), ("restore", "tab:green"))):
+
+    # Regions (forward, one colour per name) and the backward pass.
+    names = list(dict.fromkeys(name for _, _, name, _ in regions))
+    cmap = plt.get_cmap("tab10")
+    colour = {n: cmap(i % 10) for i, n in enumerate(names)}
+    for a, b in backward_spans(trace):
+        reg_ax.axvspan(a, b, ymin=0.05, ymax=0.45, color="0.85")
+    visible = trace.duration * 4e-3 or 1e-6  # a region shorter than that is drawn that wide
+    for t0, t1, name, depth in regions:
+        h = 4.0 / (depth + 1)
+        reg_ax.broken_barh([(t0, max(t1 - t0, visible))], (11 + depth * 0.5, h),
+                           facecolors=colour[name], edgecolors="none")
+    stalls = [(e.t, e.value / 1e9) for e in trace.events if e.kind == STALL and e.value > 0]
+    if stalls:
+        reg_ax.plot([t for t, _ in stalls], [3] * len(stalls), "v", color="tab:red", ms=5, label="stall")
+    handles = [matplotlib.patches.Patch(color=colour[n], label=n or "(unnamed)") for n in names[:8]]
+    handles.append(matplotlib.patches.Patch(color="0.85", label="backward (first restore -> step end)"))
+    if stalls:
+        handles.append(matplotlib.lines.Line2D([], [], marker="v", color="tab:red", ls="", label="stall"))
+    reg_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, framealpha=0.9)
+    reg_ax.set_yticks([5, 13])
+    reg_ax.set_yticklabels(["backward", "regions"])
+    reg_ax.set_ylim(0, 18)
+    reg_ax.set_title("regions (forward) and compute (backward)", fontsize=10)
+
+    # Copies per direction.
+    totals = {w: sum(e.bytes for e in trace.events if e.kind == k)
+              for w, k in (("offload", OFFLOAD_END), ("restore", RESTORE_END))}
+    for row, (which, colour_) in enumerate((("offload", "tab:orange"), ("restore", "tab:green"))):
         bars = [(a, max(b - a, 1e-6)) for a, b in jobs[which]]
         if bars:
-            copy_ax.broken_barh(bars, (row * 10 + 1, 8), facecolors=color)
+            copy_ax.broken_barh(bars, (row * 10 + 1, 8), facecolors=colour_, alpha=0.8)
     copy_ax.set_yticks([5, 15])
-    copy_ax.set_yticklabels(["offload", "restore"])
+    copy_ax.set_yticklabels([f"offload D\u2192H\n{_size(totals['offload'], unit)} {unit}",
+                             f"restore H\u2192D\n{_size(totals['restore'], unit)} {unit}"], fontsize=8)
     copy_ax.set_ylim(0, 20)
     copy_ax.set_xlabel("seconds since the trace began")
-    copy_ax.set_title("copy stream (job enqueued -> applied)")
+    copy_ax.set_title("copies per direction (job enqueued -> applied)", fontsize=10)
+
+    # Step markers across the three lanes.
+    for k, t in enumerate(steps):
+        for ax in (mem_ax, reg_ax, copy_ax):
+            ax.axvline(t, color="0.4", lw=0.8, ls="--")
+        mem_ax.text(t, 0.98, f" step {k + 1}", transform=mem_ax.get_xaxis_transform(), va="top",
+                    ha="left", fontsize=8, color="0.3")
     fig.tight_layout()
     try:
-        fig.savefig(out_png, format="png")
+        fig.savefig(out_path, format=PLOT_FORMATS[ext])
     except OSError as e:
-        raise TraceError(f"{out_png}: {e.strerror}") from None
+        raise TraceError(f"{out_path}: {e.strerror}") from None
     finally:
         plt.close(fig)

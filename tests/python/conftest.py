@@ -17,7 +17,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 BUILD_DIR = pathlib.Path(os.environ.get("CKPT_BUILD_DIR") or REPO / "build")
 LIBCKPT = BUILD_DIR / "preload" / "libckpt.so"
-REFERENCE = REPO.parent / "shared" / "reference" / "deepspeed-checkpointing.py.txt"
 
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))

@@ -86,12 +86,12 @@ def test_errors_are_runtime_errors_that_explain():
 
 
 IMPORT_WITHOUT_LIBRARY = textwrap.dedent("""
-    import sys
+    import sys, warnings
     import ckpt
     assert "torch" not in sys.modules, "import ckpt imported torch"
     assert not ckpt.available()
-    calls = [ckpt.stats, ckpt.step, ckpt.mode, lambda: ckpt.restore(1), lambda: ckpt.restore_ptr(4096),
-             lambda: ckpt.query(4096), lambda: ckpt.region("r").__enter__()]
+    calls = [ckpt.step, ckpt.mode, lambda: ckpt.restore(1), lambda: ckpt.restore_ptr(4096),
+             lambda: ckpt.query(4096)]
     for call in calls:
         try:
             call()
@@ -99,6 +99,23 @@ IMPORT_WITHOUT_LIBRARY = textwrap.dedent("""
             assert "LD_PRELOAD=" in str(exc) and "ckpt-run" in str(exc), str(exc)
         else:
             raise AssertionError("no RuntimeError")
+    # region() and stats() warn once and do nothing.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ckpt.region("r") as r:
+            inside = 1
+        assert r.id is None and inside == 1
+        @ckpt.region("d")
+        def f(x):
+            return x + 1
+        assert f(1) == 2
+        assert ckpt.stats() == {}
+        with ckpt.region("again"):
+            pass
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert issubclass(caught[0].category, RuntimeWarning)
+    assert "does nothing" in messages[0] and "LD_PRELOAD=" in messages[0] and "ckpt-run" in messages[0]
     print("OK")
 """)
 
@@ -107,6 +124,14 @@ def test_import_without_the_library_works_and_calls_say_to_preload():
     result = run_python(["-c", IMPORT_WITHOUT_LIBRARY], child_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "OK"
+
+
+def test_stats_without_the_library_warns_once_and_returns_nothing():
+    code = "import ckpt\nprint(ckpt.stats(), ckpt.stats())"
+    result = run_python(["-c", code], child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{} {}"
+    assert result.stderr.count("does nothing") == 1, result.stderr
 
 
 USE_THE_LIBRARY = textwrap.dedent("""
@@ -158,10 +183,11 @@ def test_ckpt_library_loads_by_path_and_warns_that_nothing_is_intercepted(libckp
 
 
 def test_a_missing_library_path_still_gives_the_hint(tmp_path):
-    code = "import ckpt\ntry:\n    ckpt.stats()\nexcept RuntimeError as e:\n    print(e)"
+    code = "import ckpt\nckpt.stats()\ntry:\n    ckpt.step()\nexcept RuntimeError as e:\n    print(e)"
     result = run_python(["-c", code], child_env(CKPT_LIBRARY=tmp_path / "nope.so"))
     assert result.returncode == 0, result.stderr
     assert "LD_PRELOAD=" in result.stdout and "nope.so" in result.stdout
+    assert "does nothing" in result.stderr and "nope.so" in result.stderr
 
 
 class FakeLib:
