@@ -449,10 +449,12 @@ struct worker {
 
 static void *work(void *p) {
   struct worker *w = p;
-  unsigned *d = dalloc(64);
+  /* A new thread has no current context (the driver answers
+   * CUDA_ERROR_INVALID_CONTEXT): make the primary one current first. */
   CUcontext c = NULL;
   cuDevicePrimaryCtxRetain(&c, 0);
   cuCtxSetCurrent(c);
+  unsigned *d = dalloc(64);
   for (int i = 0; i < 200; i++) {
     if (rng_hook_generate(w->g, d, 1 + (i % 7)) != CURAND_STATUS_SUCCESS) return (void *)1;
     if (i % 50 == 0) rng_region_opened(1000 + w->k * 10 + i / 50);
