@@ -20,6 +20,10 @@
 static struct talloc **live;
 static size_t nlive, cap_live;
 
+static size_t min_bytes; /* CKPT_MIN_BYTES: smaller allocations pass through */
+
+void ckpt_arena_init(size_t min) { min_bytes = min; }
+
 static size_t live_lower_bound(CUdeviceptr p) {
   size_t lo = 0, hi = nlive;
   while (lo < hi) {
@@ -233,7 +237,7 @@ fail:
 }
 
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
-  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib) return false;
+  if (!ckpt_g.tagging || bytes < min_bytes || ckpt_in_lib) return false;
   if (__atomic_load_n(&ckpt_g.tag_off, __ATOMIC_RELAXED)) return false;
   if (!__atomic_load_n(&ckpt_g.open, __ATOMIC_RELAXED)) return false; /* re-checked under the lock */
   CUcontext ctx = NULL;

@@ -40,6 +40,8 @@ struct talloc {
   struct talloc *next;  /* cache / pending list */
 };
 
+/* At init: allocations under min_bytes are never tagged. */
+void ckpt_arena_init(size_t min_bytes);
 /* Lock held. The live allocation holding p (interior pointers too), or NULL. */
 struct talloc *ckpt_live_find(CUdeviceptr p);
 /* The device granularity every tagged size is a multiple of. */

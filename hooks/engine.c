@@ -20,6 +20,7 @@
 
 static struct job *queue_head, *queue_tail;
 static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t settled_cv = PTHREAD_COND_INITIALIZER; /* a job finished (ckpt_engine_wait_settled) */
 static pthread_t engine;
 static bool engine_started, engine_stop;
 
@@ -154,7 +155,7 @@ static void engine_round(void) {
   }
   ckpt_reap();
   ckpt_publish();
-  pthread_cond_broadcast(&ckpt_g.changed);
+  pthread_cond_broadcast(&settled_cv);
 }
 
 static void *engine_main(void *arg) {
@@ -246,7 +247,7 @@ void ckpt_engine_wait_settled(struct region *top, bool count_stall) {
   if (tree_settled(top) && top->jobs == 0) return;
   double t0 = ckpt_now();
   top->waiters++; /* keeps the tree alive while the lock is released */
-  while (!(tree_settled(top) && top->jobs == 0)) pthread_cond_wait(&ckpt_g.changed, &ckpt_g.lock);
+  while (!(tree_settled(top) && top->jobs == 0)) pthread_cond_wait(&settled_cv, &ckpt_g.lock);
   top->waiters--;
   if (count_stall) {
     double dt = ckpt_now() - t0;

@@ -27,7 +27,6 @@ static void atfork_child(void) {
   ckpt_g.forked = true;
   ckpt_g.tagging = false;
   pthread_mutex_init(&ckpt_g.lock, NULL);
-  pthread_cond_init(&ckpt_g.changed, NULL);
 }
 
 static void print_summary(void) {
@@ -87,7 +86,7 @@ static void init(void) {
     mode = CKPT_MODE_HOST;
   }
   ckpt_g.mode = mode;
-  ckpt_g.min_bytes = (size_t)ckpt_param_int(CKPT_P_MIN_BYTES);
+  ckpt_arena_init((size_t)ckpt_param_int(CKPT_P_MIN_BYTES));
   ckpt_policy_init();
   ckpt_g.tagging = ckpt_g.mode != CKPT_MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
   ckpt_observe_init();

@@ -7,7 +7,6 @@
 __thread int ckpt_in_lib;
 struct ckpt_global ckpt_g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
-    .changed = PTHREAD_COND_INITIALIZER,
 };
 
 const char *ckpt_mode_name(int mode) {

@@ -29,14 +29,12 @@ struct region;
 
 struct ckpt_global {
   pthread_mutex_t lock;
-  pthread_cond_t changed;  /* engine finished a job */
   int mode;                /* enum ckpt_mode_value (params.h), decided once at init */
   bool tagging;            /* decided once at init */
   bool tag_off;            /* no new tagged allocation: driver lacks VMM, or exit began (atomic) */
   bool host_off;           /* the driver cannot create pinned host memory (lock) */
   bool forked;             /* we are a fork()ed child: hands off */
   bool exiting;            /* exit handler ran: no new offload or cache entry (lock) */
-  size_t min_bytes;
   struct region *open;     /* innermost open region: region.c writes it, ckpt_alloc reads it lock-free */
   struct ckpt_stats stats; /* under the lock; its hot fields below are not used */
   /* Counters the lock-free paths update atomically: kept apart from `stats`
