@@ -77,8 +77,6 @@ bool ckpt_release_for_oom(void) {
   return n > 0;
 }
 
-/* A lock-free first test on free: inside a range ever reserved. */
-bool ckpt_maybe_ours(CUdeviceptr p) { return ckpt_vmm_maybe_reserved(p); }
 
 /* ---- device memory ------------------------------------------------------ */
 

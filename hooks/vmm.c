@@ -2,11 +2,12 @@
 #include "vmm.h"
 
 #include "check.h"
+#include "core.h"
 
 #define MAXDEV 64
 #define DEFAULT_GRANULARITY ((size_t)2 << 20)
 
-/* Bounds of every VA range ever reserved: ckpt_vmm_maybe_reserved. */
+/* Bounds of every VA range ever reserved: ckpt_maybe_ours. */
 static CUdeviceptr va_lo = ~(CUdeviceptr)0, va_hi;
 static int host_location = -1; /* the host location type the driver accepted */
 
@@ -46,7 +47,8 @@ void ckpt_vmm_free_va(CUdeviceptr va, size_t size) {
   if (r != CUDA_SUCCESS) CU_FAILED(cuMemAddressFree, r);
 }
 
-bool ckpt_vmm_maybe_reserved(CUdeviceptr p) {
+/* core.h: the preload's first test on every free, lock-free. */
+bool ckpt_maybe_ours(CUdeviceptr p) {
   return p >= __atomic_load_n(&va_lo, __ATOMIC_RELAXED) && p < __atomic_load_n(&va_hi, __ATOMIC_RELAXED);
 }
 

@@ -24,8 +24,7 @@ size_t ckpt_vmm_granularity(int device, enum ckpt_vmm_location location);
 CUresult ckpt_vmm_reserve(size_t size, size_t align, CUdeviceptr *va);
 /* Frees a reservation (logged). */
 void ckpt_vmm_free_va(CUdeviceptr va, size_t size);
-/* Cheap, lock-free: could p lie in a range ever reserved here? */
-bool ckpt_vmm_maybe_reserved(CUdeviceptr p);
+/* Whether p could lie in a range ever reserved here is ckpt_maybe_ours (core.h). */
 
 /* Physical memory of `size` bytes on `device`. Not logged. */
 CUresult ckpt_vmm_create_device(int device, size_t size, CUmemGenericAllocationHandle *out);
