@@ -89,7 +89,7 @@ static void init(void) {
   ckpt_arena_init((size_t)ckpt_param_int(CKPT_P_MIN_BYTES));
   ckpt_policy_init();
   ckpt_g.tagging = ckpt_g.mode != CKPT_MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
-  ckpt_observe_init();
+  ckpt_observe_init(ckpt_mode_name(ckpt_g.mode));
   pthread_atfork(NULL, NULL, atfork_child);
   atexit(at_exit);
   ckpt_startup_warnings();

@@ -61,7 +61,8 @@ void ckpt_profile_init(bool profile, bool sync);
 void ckpt_profile_set_stream(uintptr_t stream);
 
 /* Start and stop (init / exit / fork child). */
-void ckpt_observe_init(void);
+/* `mode`: the mode's name, shown by ckpt-stats. */
+void ckpt_observe_init(const char *mode);
 void ckpt_observe_exit(void);
 void ckpt_observe_forked(void);
 #endif

@@ -57,7 +57,7 @@ static void observer_join(void) {
 
 /* ---- start and stop ------------------------------------------------------ */
 
-void ckpt_observe_init(void) {
+void ckpt_observe_init(const char *mode) {
   const char *trace_path = ckpt_param_str(CKPT_P_TRACE);
   bool profile = ckpt_param_int(CKPT_P_PROFILE), sync = ckpt_param_int(CKPT_P_SYNC);
   bool tracing = trace_path[0] && ckpt_trace_open(trace_path);
@@ -65,7 +65,7 @@ void ckpt_observe_init(void) {
   ckpt_profile_init(profile, sync);
   if (ckpt_param_int(CKPT_P_STATS_SHM)) {
     uint32_t flags = (profile ? CKPT_SEG_PROFILE : 0) | (sync ? CKPT_SEG_SYNC : 0) | (tracing ? CKPT_SEG_TRACE : 0);
-    ckpt_shm_create(ckpt_mode_name(ckpt_g.mode), stacks, flags);
+    ckpt_shm_create(mode, stacks, flags);
   }
   if ((tracing || stacks == CKPT_SEG_STACKS_ON) && pthread_create(&observer, NULL, observer_main, NULL) == 0)
     ckpt_observer.running = true;
