@@ -5,14 +5,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "arena.h"
+#include "check.h"
+#include "observe.h"
+#include "params.h"
+#include "region.h"
+#include "state.h"
+#include "store.h"
+#include "streams.h"
+#include "vmm.h"
 
 /* ---- live index: sorted by va, for interior-pointer look-ups ------------- */
 
 static struct talloc **live;
 static size_t nlive, cap_live;
-/* Bounds of every VA range we ever reserved: a lock-free first test on free. */
-static CUdeviceptr va_lo = ~(CUdeviceptr)0, va_hi;
+
+static size_t min_bytes; /* CKPT_MIN_BYTES: smaller allocations pass through */
+
+void ckpt_arena_init(size_t min) { min_bytes = min; }
 
 static size_t live_lower_bound(CUdeviceptr p) {
   size_t lo = 0, hi = nlive;
@@ -67,67 +77,18 @@ bool ckpt_release_for_oom(void) {
   return n > 0;
 }
 
-bool ckpt_maybe_ours(CUdeviceptr p) {
-  return p >= __atomic_load_n(&va_lo, __ATOMIC_RELAXED) && p < __atomic_load_n(&va_hi, __ATOMIC_RELAXED);
-}
 
-/* ---- driver helpers ------------------------------------------------------- */
+/* ---- device memory ------------------------------------------------------ */
 
-size_t ckpt_granularity(int device) {
-  static size_t gran[64];
-  if (device < 0 || device >= 64) return 2u << 20;
-  if (!gran[device]) {
-    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device}};
-    size_t g = 0;
-    if (DRV(cuMemGetAllocationGranularity, &g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS || !g)
-      g = 2u << 20;
-    gran[device] = g;
-  }
-  return gran[device];
-}
-
-CUresult ckpt_va_get(size_t size, size_t align, CUdeviceptr *va) {
-  CUresult r = DRV(cuMemAddressReserve, va, size, align, 0, 0);
-  if (r != CUDA_SUCCESS) {
-    if (!ckpt_cu_unsupported(r)) CU_FAILED(cuMemAddressReserve, r); /* else the caller says it once */
-    return r;
-  }
-  CUdeviceptr lo = *va, hi = *va + size;
-  if (lo < va_lo) __atomic_store_n(&va_lo, lo, __ATOMIC_RELAXED);
-  if (hi > va_hi) __atomic_store_n(&va_hi, hi, __ATOMIC_RELAXED);
-  return CUDA_SUCCESS;
-}
-
-void ckpt_va_put(CUdeviceptr va, size_t size) {
-  CUresult r = DRV(cuMemAddressFree, va, size);
-  if (r != CUDA_SUCCESS) CU_FAILED(cuMemAddressFree, r);
-}
-
-CUresult ckpt_map(CUdeviceptr va, size_t size, CUmemGenericAllocationHandle h, int device) {
-  CU_CHECK(DRV(cuMemMap, va, size, 0, h, 0));
-  CUmemAccessDesc acc = {.location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device},
-                         .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
-  CUresult r = DRV(cuMemSetAccess, va, size, &acc, 1);
-  if (r != CUDA_SUCCESS) {
-    CU_FAILED(cuMemSetAccess, r);
-    DRV(cuMemUnmap, va, size);
-  }
-  return r;
-}
+size_t ckpt_granularity(int device) { return ckpt_vmm_granularity(device, CKPT_VMM_DEVICE); }
 
 /* Device memory, making room when the driver says it has none: first our own
  * cache, then the stream-ordered pool (torch keeps freed memory there). */
 CUresult ckpt_device_handle(int device, size_t size, CUmemGenericAllocationHandle *out) {
-  CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
-                              .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = device}};
-  CUresult r = DRV(cuMemCreate, out, size, &prop, 0);
-  if (r == CUDA_ERROR_OUT_OF_MEMORY && ckpt_cache_trim(size) > 0) r = DRV(cuMemCreate, out, size, &prop, 0);
-  if (r == CUDA_ERROR_OUT_OF_MEMORY) {
-    CUmemoryPool pool;
-    if (DRV(cuDeviceGetMemPool, &pool, device) == CUDA_SUCCESS && DRV(cuMemPoolTrimTo, pool, 0) == CUDA_SUCCESS)
-      r = DRV(cuMemCreate, out, size, &prop, 0);
-  }
+  CUresult r = ckpt_vmm_create_device(device, size, out);
+  if (r == CUDA_ERROR_OUT_OF_MEMORY && ckpt_cache_trim(size) > 0) r = ckpt_vmm_create_device(device, size, out);
+  if (r == CUDA_ERROR_OUT_OF_MEMORY && ckpt_vmm_trim_pool(device) == CUDA_SUCCESS)
+    r = ckpt_vmm_create_device(device, size, out);
   return r;
 }
 
@@ -135,18 +96,13 @@ CUresult ckpt_device_handle(int device, size_t size, CUmemGenericAllocationHandl
 
 #define NCLASS 64
 static struct talloc *cache[NCLASS]; /* T_CACHED, by size */
-static struct talloc *pending;       /* T_FREEING-in-progress (freed, stream not past it) */
+static struct talloc *pending;       /* freed, their stream not past the free yet */
 
 static unsigned size_class(size_t size) { return (unsigned)((size >> 21) * 2654435761u) % NCLASS; }
 
 static void talloc_destroy(struct talloc *t) {
-  if (t->dev) {
-    CUresult r = DRV(cuMemUnmap, t->va, t->size);
-    if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
-    r = DRV(cuMemRelease, t->dev);
-    if (r != CUDA_SUCCESS) CU_FAILED(cuMemRelease, r);
-  }
-  ckpt_va_put(t->va, t->size);
+  unsigned what = CKPT_VMM_FREE_VA | (t->dev ? CKPT_VMM_UNMAP | CKPT_VMM_RELEASE : 0);
+  ckpt_vmm_teardown(t->va, t->size, t->dev, what, true);
   if (t->free_ev) DRV(cuEventDestroy_v2, t->free_ev);
   free(t);
 }
@@ -205,7 +161,7 @@ size_t ckpt_cache_trim(size_t want) {
 }
 
 /* The program's free has taken effect (its stream is past it). */
-void ckpt_talloc_finish_free(struct talloc *t) {
+static void finish_free(struct talloc *t) {
   t->freed = false;
   /* A survivor that was offloaded gets no cache entry: keeping its restored
    * memory would hold on the device, through the next forward pass, exactly
@@ -215,13 +171,12 @@ void ckpt_talloc_finish_free(struct talloc *t) {
     return;
   }
   /* Host-backed (t->dev is 0): unmap the host block here, the pool keeps it. */
-  if (t->host) {
-    CUresult r = DRV(cuMemUnmap, t->va, t->size);
-    if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
+  if (t->held) {
+    ckpt_vmm_teardown(t->va, t->size, 0, CKPT_VMM_UNMAP, true);
     ckpt_g.stats.host_bytes_in_use -= t->size;
     ckpt_g.stats.device_bytes_released -= t->size;
-    ckpt_host_put(t->host);
-    t->host = NULL;
+    ckpt_held_drop(t->held);
+    t->held = NULL;
   }
   talloc_destroy(t); /* unmaps and releases device memory still held */
 }
@@ -232,7 +187,7 @@ void ckpt_arena_release_all(void) {
     /* Once its stream is past the program's free, nothing touches it. */
     if (!t->busy && DRV(cuEventSynchronize, t->free_ev) == CUDA_SUCCESS) {
       *pp = t->next;
-      ckpt_talloc_finish_free(t);
+      finish_free(t);
     } else {
       pp = &t->next;
     }
@@ -245,7 +200,7 @@ void ckpt_reap(void) {
     struct talloc *t = *pp;
     if (!t->busy && ckpt_event_query(t->free_ev) == CUDA_SUCCESS) {
       *pp = t->next;
-      ckpt_talloc_finish_free(t);
+      finish_free(t);
     } else {
       pp = &t->next;
     }
@@ -263,25 +218,24 @@ static CUresult talloc_create(int device, CUcontext ctx, size_t size, struct tal
   t->ctx = ctx;
   t->size = size;
   CUresult r;
-  CU_TRY_GOTO(ckpt_va_get(size, ckpt_granularity(device), &t->va), r, fail);
-  CU_TRY_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail_va);
-  CU_TRY_GOTO(ckpt_map(t->va, size, t->dev, device), r, fail_handle);
-  CU_TRY_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail_map);
+  unsigned undo = 0; /* what a failure undoes */
+  CU_TRY_GOTO(ckpt_vmm_reserve(size, ckpt_granularity(device), &t->va), r, fail);
+  undo = CKPT_VMM_FREE_VA;
+  CU_TRY_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail);
+  undo |= CKPT_VMM_RELEASE;
+  CU_TRY_GOTO(ckpt_vmm_map(t->va, size, t->dev, device), r, fail);
+  undo |= CKPT_VMM_UNMAP;
+  CU_TRY_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail);
   *out = t;
   return CUDA_SUCCESS;
-fail_map:
-  DRV(cuMemUnmap, t->va, size);
-fail_handle:
-  DRV(cuMemRelease, t->dev);
-fail_va:
-  ckpt_va_put(t->va, size);
 fail:
+  if (undo) ckpt_vmm_teardown(t->va, size, t->dev, undo, false);
   free(t);
   return r;
 }
 
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
-  if (!ckpt_g.tagging || bytes < ckpt_g.min_bytes || ckpt_in_lib) return false;
+  if (!ckpt_g.tagging || bytes < min_bytes || ckpt_in_lib) return false;
   if (__atomic_load_n(&ckpt_g.tag_off, __ATOMIC_RELAXED)) return false;
   if (!__atomic_load_n(&ckpt_g.open, __ATOMIC_RELAXED)) return false; /* re-checked under the lock */
   CUcontext ctx = NULL;
@@ -394,7 +348,7 @@ bool ckpt_free(CUdeviceptr dptr, CUstream stream, bool sync, CUresult *rc) {
   } else {
     t->free_stream = CU_STREAM_LEGACY;
     if (!t->busy) {
-      ckpt_talloc_finish_free(t);
+      finish_free(t);
       t = NULL;
     }
   }
@@ -405,16 +359,4 @@ bool ckpt_free(CUdeviceptr dptr, CUstream stream, bool sync, CUresult *rc) {
   UNLOCK();
   IN_LIB_END();
   return true;
-}
-CKPT_API int ckpt_release_cached(void) {
-  ckpt_init();
-  if (ckpt_g.forked) return CKPT_EDISABLED;
-  IN_LIB_BEGIN();
-  LOCK();
-  ckpt_reap();
-  size_t n = ckpt_cache_trim((size_t)-1);
-  ckpt_host_pool_release_all(); /* idle pinned blocks too */
-  UNLOCK();
-  IN_LIB_END();
-  return n > 0x7fffffff ? 0x7fffffff : (int)n;
 }

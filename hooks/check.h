@@ -5,8 +5,16 @@
 #define CKPT_CHECK_H
 #include "driver.h"
 #include "log.h"
+#include <stddef.h>
+#include <stdint.h>
 
-void ckpt_note_driver_error(void); /* stats.c */
+/* errors.c: counts one driver error (ckpt_stats.driver_errors). */
+void ckpt_note_driver_error(void);
+/* errors.c: logs the call, its code and a backtrace, once per call site
+ * (`call` is the failing expression's text, a string literal). */
+void ckpt_crash_context(const char *call, int code);
+/* errors.c: "object!symbol+0xoff" for a return address (dladdr: not on the hot path). */
+void ckpt_symbolize_pc(uintptr_t pc, char *out, size_t cap);
 /* Logs "file:line call failed: NAME (code)" and counts the error. */
 void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line);
 #define CU_FAILED(call, r) ckpt_cu_failed(#call, (r), __FILE__, __LINE__)
@@ -40,11 +48,5 @@ void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line);
 static inline int ckpt_cu_unsupported(CUresult r) {
   return r == CUDA_ERROR_NOT_SUPPORTED || r == CUDA_ERROR_NOT_PERMITTED || r == CUDA_ERROR_NOT_FOUND;
 }
-
-/* In functions returning a negative CKPT_E* code. */
-#define CK_CHECK(call) do { \
-    int r_ = (call); \
-    if (r_ < 0) { CKPT_TRACE("%s:%d %s -> %d", __FILE__, __LINE__, #call, r_); return r_; } \
-  } while (0)
 
 #endif

@@ -7,6 +7,10 @@
 #include <stddef.h>
 #include "cu.h"
 
+/* The one export attribute: the hooked names, InitializeInjectionNvtx2 and
+ * ckpt_* are the only symbols libckpt.so exports (-fvisibility=hidden). */
+#define CKPT_API __attribute__((visibility("default")))
+
 /* Set while libckpt's own code runs on this thread: hooks then pass straight
  * to the real driver. */
 extern __thread int ckpt_in_lib;

@@ -1,8 +1,6 @@
 #define _GNU_SOURCE
 #include "driver.h"
-#include "check.h"
 #include "log.h"
-#include "observe.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -59,10 +57,4 @@ const char *ckpt_cu_name(CUresult r) {
   const char *s = NULL;
   if (ckpt_drv.cuGetErrorName && ckpt_drv.cuGetErrorName(r, &s) == CUDA_SUCCESS && s) return s;
   return "CUDA_ERROR_(unknown)";
-}
-
-void ckpt_cu_failed(const char *call, CUresult r, const char *file, int line) {
-  ckpt_note_driver_error();
-  CKPT_WARN("%s:%d %s failed: %s (%d)", file, line, call, ckpt_cu_name(r), (int)r);
-  ckpt_crash_context(call, (int)r);
 }

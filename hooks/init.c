@@ -5,17 +5,20 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "arena.h"
+#include "driver.h"
+#include "engine.h"
+#include "log.h"
+#include "observe.h"
 #include "params.h"
+#include "policy.h"
+#include "state.h"
+#include "store.h"
+#include "streams.h"
 
-__thread int ckpt_in_lib;
-struct ckpt_global ckpt_g = {
-    .lock = PTHREAD_MUTEX_INITIALIZER,
-    .changed = PTHREAD_COND_INITIALIZER,
-};
+void ckpt_startup_warnings(void); /* startup.c */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static const char *const mode_names[] = {"none", "host", "peer", "peer+host"};
 
 /* The child of a fork() shares none of our streams, events or engine thread:
  * it keeps working, untouched (pass-through). */
@@ -24,7 +27,6 @@ static void atfork_child(void) {
   ckpt_g.forked = true;
   ckpt_g.tagging = false;
   pthread_mutex_init(&ckpt_g.lock, NULL);
-  pthread_cond_init(&ckpt_g.changed, NULL);
 }
 
 static void print_summary(void) {
@@ -37,7 +39,7 @@ static void print_summary(void) {
                    "libckpt[%d] summary: mode=%s regions=%llu tagged=%llu offloaded=%.1f MiB restored=%.1f MiB "
                    "device released peak=%.1f MiB copy=%.3f s stall=%.3f s pool-full=%llu restore-oom=%llu "
                    "driver-errors=%llu\n",
-                   (int)getpid(), mode_names[ckpt_g.mode], (unsigned long long)s.regions_opened,
+                   (int)getpid(), ckpt_mode_name(ckpt_g.mode), (unsigned long long)s.regions_opened,
                    (unsigned long long)s.tagged_allocs, s.offloaded_bytes_total / 1048576.0,
                    s.restored_bytes_total / 1048576.0, s.device_bytes_released_peak / 1048576.0,
                    s.copy_seconds_total, s.stall_seconds_total, (unsigned long long)s.host_pool_exhausted,
@@ -53,8 +55,8 @@ static void release_at_exit(bool engine_stopped) {
   LOCK();
   IN_LIB_BEGIN();
   ckpt_arena_release_all();
-  if (engine_stopped && ckpt_offload_release()) {
-    ckpt_host_pool_release_all();
+  if (engine_stopped && ckpt_engine_release()) {
+    ckpt_host_store.release_idle();
     ckpt_streams_release();
   }
   IN_LIB_END();
@@ -80,16 +82,14 @@ static void init(void) {
   int mode = (int)ckpt_param_int(CKPT_P_MODE);
   if (mode == CKPT_MODE_PEER || mode == CKPT_MODE_PEER_HOST) {
     CKPT_WARN("CKPT_MODE=%s: peer partitioning is not implemented yet; using host offload instead",
-              mode_names[mode]);
+              ckpt_mode_name(mode));
     mode = CKPT_MODE_HOST;
   }
-  ckpt_g.mode = mode == CKPT_MODE_NONE ? MODE_NONE : MODE_HOST;
-  ckpt_g.min_bytes = (size_t)ckpt_param_int(CKPT_P_MIN_BYTES);
-  ckpt_g.keep_last = (int)ckpt_param_int(CKPT_P_KEEP_LAST);
-  ckpt_g.prefetch = (int)ckpt_param_int(CKPT_P_PREFETCH);
-  ckpt_g.auto_offload = ckpt_param_int(CKPT_P_OFFLOAD) == CKPT_OFFLOAD_AUTO;
-  ckpt_g.tagging = ckpt_g.mode != MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
-  ckpt_observe_init();
+  ckpt_g.mode = mode;
+  ckpt_arena_init((size_t)ckpt_param_int(CKPT_P_MIN_BYTES));
+  ckpt_policy_init();
+  ckpt_g.tagging = ckpt_g.mode != CKPT_MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
+  ckpt_observe_init(ckpt_mode_name(ckpt_g.mode));
   pthread_atfork(NULL, NULL, atfork_child);
   atexit(at_exit);
   ckpt_startup_warnings();
@@ -97,8 +97,3 @@ static void init(void) {
 
 void ckpt_init(void) { pthread_once(&init_once, init); }
 bool ckpt_tagging(void) { return ckpt_g.tagging; }
-
-CKPT_API const char *ckpt_mode(void) {
-  ckpt_init();
-  return mode_names[ckpt_g.mode];
-}

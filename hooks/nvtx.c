@@ -10,7 +10,9 @@
 #include <string.h>
 #include <wchar.h>
 
-#include "internal.h"
+#include "check.h"
+#include "params.h"
+#include "state.h"
 
 /* Per thread: which pushed levels opened a region (NVTX nesting is per thread).
  * Levels beyond 64 are never regions. */

@@ -1,12 +1,12 @@
-/* The observers' common part: the per-name counters, the observer thread
- * (flushes the trace, symbolises call sites: both too slow for the hot path
- * or the core lock) and start/stop of every observer. */
-#define _GNU_SOURCE /* pthread_timedjoin_np */
+/* What the observers share: the per-name counters and the wake-up of the
+ * observer thread. Calls no observer (observe_run.c starts and stops them). */
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "log.h"
+#include "params.h"
+#include "state.h"
 #include "observers.h"
 
 /* ---- per region name --------------------------------------------------- */
@@ -27,97 +27,15 @@ int ckpt_name_table(const struct ckpt_name_stats **out) {
   return nnames;
 }
 
-/* ---- the observer thread ------------------------------------------------- */
+/* ---- waking the observer thread (observe_run.c runs it) ----------------- */
 
-#define OBSERVER_PERIOD_MS 100
-
-static pthread_t observer;
-static bool observer_running;
-static bool observer_stop, observer_kick;
-static pthread_mutex_t observer_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t observer_cv = PTHREAD_COND_INITIALIZER;
+struct ckpt_observer ckpt_observer = {
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+    .cv = PTHREAD_COND_INITIALIZER,
+};
 
 void ckpt_observer_wake(void) {
-  if (!observer_running || __atomic_load_n(&observer_kick, __ATOMIC_RELAXED)) return;
-  __atomic_store_n(&observer_kick, true, __ATOMIC_RELAXED);
-  pthread_cond_signal(&observer_cv); /* a lost wake-up costs one period at most */
-}
-
-static void *observer_main(void *arg) {
-  (void)arg;
-  ckpt_in_lib = 1;
-  pthread_mutex_lock(&observer_mu);
-  while (!observer_stop) {
-    if (!__atomic_load_n(&observer_kick, __ATOMIC_RELAXED)) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += OBSERVER_PERIOD_MS * 1000000L;
-      if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-      pthread_cond_timedwait(&observer_cv, &observer_mu, &ts);
-    }
-    __atomic_store_n(&observer_kick, false, __ATOMIC_RELAXED);
-    if (observer_stop) break;
-    pthread_mutex_unlock(&observer_mu);
-    ckpt_trace_flush();
-    if (ckpt_callsite_symbolize() > 0) { /* show the names now, not at the next region end */
-      LOCK();
-      ckpt_publish();
-      UNLOCK();
-    }
-    pthread_mutex_lock(&observer_mu);
-  }
-  pthread_mutex_unlock(&observer_mu);
-  return NULL;
-}
-
-static void observer_join(void) {
-  if (!observer_running) return;
-  pthread_mutex_lock(&observer_mu);
-  observer_stop = true;
-  pthread_cond_signal(&observer_cv);
-  pthread_mutex_unlock(&observer_mu);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += 2; /* it may wait for the core lock: never hang exit on it */
-  if (pthread_timedjoin_np(observer, NULL, &ts) != 0) CKPT_WARN("observer thread did not stop within 2 s at exit");
-  observer_running = false;
-}
-
-/* ---- start and stop ------------------------------------------------------ */
-
-void ckpt_observe_init(void) {
-  const char *trace_path = ckpt_param_str(CKPT_P_TRACE);
-  bool profile = ckpt_param_int(CKPT_P_PROFILE), sync = ckpt_param_int(CKPT_P_SYNC);
-  bool tracing = trace_path[0] && ckpt_trace_open(trace_path);
-  uint32_t stacks = ckpt_callsite_init(ckpt_param_int(CKPT_P_STACKS));
-  ckpt_profile_init(profile, sync);
-  if (ckpt_param_int(CKPT_P_STATS_SHM)) {
-    uint32_t flags = (profile ? CKPT_SEG_PROFILE : 0) | (sync ? CKPT_SEG_SYNC : 0) | (tracing ? CKPT_SEG_TRACE : 0);
-    static const char *const mode_names[] = {"none", "host", "peer", "peer+host"};
-    ckpt_shm_create(mode_names[ckpt_g.mode], stacks, flags);
-  }
-  if ((tracing || stacks == CKPT_SEG_STACKS_ON) && pthread_create(&observer, NULL, observer_main, NULL) == 0)
-    observer_running = true;
-}
-
-/* At exit, engine stopped; other program threads may still call in. */
-void ckpt_observe_exit(void) {
-  observer_join();
-  if (ckpt_trace_enabled()) {
-    ckpt_callsite_report_trace();
-    ckpt_trace_close();
-  }
-  LOCK();
-  ckpt_shm_remove();
-  UNLOCK();
-}
-
-/* The child of a fork: the segment and the trace are the parent's, the
- * observer thread did not follow. Touch nothing of theirs, stop observing. */
-void ckpt_observe_forked(void) {
-  observer_running = false;
-  ckpt_shm_forked();
-  ckpt_trace_forked();
-  ckpt_callsite_forked();
-  ckpt_profile_forked();
+  if (!ckpt_observer.running || __atomic_load_n(&ckpt_observer.kick, __ATOMIC_RELAXED)) return;
+  __atomic_store_n(&ckpt_observer.kick, true, __ATOMIC_RELAXED);
+  pthread_cond_signal(&ckpt_observer.cv); /* a lost wake-up costs one period at most */
 }

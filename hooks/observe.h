@@ -1,11 +1,14 @@
-/* What the core tells the observers: the trace (CKPT_TRACE), the live stats
- * segment (ckpt-stats), per-region-name counters, call sites (CKPT_STACKS)
- * and profiling (CKPT_PROFILE, CKPT_SYNC). The core calls these at region
- * boundaries, at tagged allocations and when the engine moves data; each is
- * cheap and safe to call with the core lock held (marked "lock held") or
- * without it. */
+/* The side-car: what the core tells the observers, the trace (CKPT_TRACE),
+ * the live stats segment (ckpt-stats), per-region-name counters, call sites
+ * (CKPT_STACKS) and profiling (CKPT_PROFILE, CKPT_SYNC). The core calls them
+ * only through this header, at region boundaries, at tagged allocations and
+ * when the engine moves data; each is cheap. "lock held": the caller holds
+ * the core lock; "lock NOT held": it must not (the call may take it or wait
+ * for the device); unmarked: either. Observers read the core's counters only
+ * through ckpt_stats_snapshot (state.h) and call nothing else of the core. */
 #ifndef CKPT_OBSERVE_H
 #define CKPT_OBSERVE_H
+#include <stdbool.h>
 #include <stdint.h>
 
 struct region;
@@ -51,19 +54,15 @@ void ckpt_profile_begin(int region, const char *name);
 void ckpt_profile_end(int region);
 void ckpt_profile_restore(int region); /* backward reached this region */
 
-/* CKPT_PROFILE / CKPT_SYNC switched at run time (the Python package's
- * configure(profile=, synchronize=)); exported, to be declared in ckpt.h. */
-int ckpt_profile_set(int profile, int synchronize);
+/* CKPT_PROFILE / CKPT_SYNC on or off (init, and ckpt_profile_set). */
+void ckpt_profile_init(bool profile, bool sync);
 /* The stream the calling thread launches work on (ckpt_set_stream): the
  * profile's events are recorded there; 0 = the legacy stream. */
 void ckpt_profile_set_stream(uintptr_t stream);
 
-/* A driver error: logs the call, its code and a backtrace, once per call
- * site (`call` is the failing expression's text, a string literal). */
-void ckpt_crash_context(const char *call, int code);
-
 /* Start and stop (init / exit / fork child). */
-void ckpt_observe_init(void);
+/* `mode`: the mode's name, shown by ckpt-stats. */
+void ckpt_observe_init(const char *mode);
 void ckpt_observe_exit(void);
 void ckpt_observe_forked(void);
 #endif

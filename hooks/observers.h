@@ -3,6 +3,7 @@
  * observe.h is what the core sees; this is what the observers see of each other. */
 #ifndef CKPT_OBSERVERS_H
 #define CKPT_OBSERVERS_H
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -12,6 +13,13 @@
 /* observe.c */
 int ckpt_name_table(const struct ckpt_name_stats **names); /* lock held; the count */
 void ckpt_observer_wake(void); /* the observer thread runs soon (flush, symbolise) */
+/* The observer thread's wake-up state (observe_run.c runs the thread). */
+struct ckpt_observer {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool running, kick;
+};
+extern struct ckpt_observer ckpt_observer;
 
 /* trace.c */
 bool ckpt_trace_open(const char *path);
@@ -35,11 +43,8 @@ int ckpt_callsite_top(struct ckpt_seg_site *out, int max);
 int ckpt_callsite_symbolize(void); /* observer thread: sites symbolised now */
 void ckpt_callsite_report_trace(void); /* exit: the top sites into the trace */
 void ckpt_callsite_forked(void);
-/* "object!symbol+0xoff" for a return address (dladdr: not on the hot path). */
-void ckpt_symbolize_pc(uintptr_t pc, char *out, size_t cap);
 
 /* profile.c */
-void ckpt_profile_init(bool profile, bool sync);
 void ckpt_profile_forked(void);
 
 #endif

@@ -12,7 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "check.h"
+#include "state.h"
 #include "observers.h"
 #include "trace_format.h"
 
@@ -52,13 +53,6 @@ static struct {
 void ckpt_profile_init(bool profile, bool sync) {
   __atomic_store_n(&profile_on, profile, __ATOMIC_RELAXED);
   __atomic_store_n(&sync_on, sync, __ATOMIC_RELAXED);
-}
-
-CKPT_API int ckpt_profile_set(int profile, int synchronize) {
-  ckpt_init();
-  if (ckpt_g.forked) return CKPT_EDISABLED;
-  ckpt_profile_init(profile != 0, synchronize != 0);
-  return 0;
 }
 
 void ckpt_profile_set_stream(uintptr_t stream) { declared_stream = (CUstream)stream; }

@@ -12,7 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "check.h"
+#include "state.h"
 #include "observers.h"
 
 static struct ckpt_seg *seg;

@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "log.h"
+#include "params.h"
 
 static int alloc_conf_hides_tensors;
 static int nvtx_taken;

@@ -15,7 +15,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "check.h"
+#include "state.h"
+#include "streams.h"
 
 static struct {
   CUstream s;
@@ -61,18 +63,6 @@ void ckpt_note_stream(CUstream s, int device) {
   streams[nstreams].device = device;
   streams[nstreams].fence = f;
   nstreams++;
-}
-
-CKPT_API int ckpt_set_stream(uintptr_t cu_stream) {
-  ckpt_init();
-  ckpt_profile_set_stream(cu_stream);
-  if (!ckpt_g.tagging) return 0;
-  CUdevice dev;
-  if (DRV(cuCtxGetDevice, &dev) != CUDA_SUCCESS) return CKPT_EDRIVER;
-  LOCK();
-  ckpt_note_stream(cu_stream ? (CUstream)cu_stream : CU_STREAM_LEGACY, dev);
-  UNLOCK();
-  return 0;
 }
 
 /* A copy that cannot be ordered after a stream could read stale bytes: any

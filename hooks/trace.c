@@ -14,7 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "check.h"
+#include "state.h"
 #include "observers.h"
 #include "trace_format.h"
 

@@ -99,7 +99,7 @@ struct ckpt_stats {
   double stall_seconds_total;     /* time consumers waited for restores */
   uint64_t host_pool_exhausted;   /* survivors kept on device: host pool full */
   uint64_t restore_oom;           /* restores left host-backed: device OOM */
-  uint64_t driver_errors;         /* driver errors seen in the engine */
+  uint64_t driver_errors;         /* failed driver calls libckpt made itself (logged or worked around) */
   uint64_t device_used_now;       /* from cuMemGetInfo, last sample */
   uint64_t device_used_peak;
 };

@@ -9,10 +9,8 @@
 #include <pthread.h>
 #include <string.h>
 
-#define CKPT_EXPORT __attribute__((visibility("default")))
-
 enum hook_id {
-#define CKPT_HOOK(sym, base, ver, ptsz) HOOK_##sym,
+#define CKPT_HOOK(sym, base, ver, ptsz, lib) HOOK_##sym,
 #include "hooked.def"
 #undef CKPT_HOOK
   HOOK__COUNT
@@ -20,7 +18,7 @@ enum hook_id {
 
 /* The real driver's function behind each hooked symbol, typed. */
 static struct {
-#define CKPT_HOOK(sym, base, ver, ptsz) __typeof__(sym) *sym;
+#define CKPT_HOOK(sym, base, ver, ptsz, lib) __typeof__(sym) *sym;
 #include "hooked.def"
 #undef CKPT_HOOK
 } real;
@@ -33,7 +31,7 @@ struct hook {
   void **real_slot;
 };
 static const struct hook hooks[HOOK__COUNT] = {
-#define CKPT_HOOK(sym, base, ver, ptsz) \
+#define CKPT_HOOK(sym, base, ver, ptsz, lib) \
   [HOOK_##sym] = {#sym, #base, ver, ptsz, (void *)sym, (void **)&real.sym},
 #include "hooked.def"
 #undef CKPT_HOOK
@@ -78,37 +76,37 @@ static CUresult do_free(CUdeviceptr dptr, CUstream s, int sync,
 
 #undef CALL_REAL
 #define CALL_REAL real.cuMemAlloc_v2(dptr, bytesize)
-CKPT_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+CKPT_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
   ENTER(cuMemAlloc_v2);
   return do_alloc(dptr, bytesize, CU_STREAM_LEGACY, NULL, 1);
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemFree_v2(dptr)
-CKPT_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+CKPT_API CUresult cuMemFree_v2(CUdeviceptr dptr) {
   ENTER(cuMemFree_v2);
   return do_free(dptr, CU_STREAM_LEGACY, 1, NULL);
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemAllocAsync(dptr, bytesize, hStream)
-CKPT_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+CKPT_API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
   ENTER(cuMemAllocAsync);
   return do_alloc(dptr, bytesize, hStream, real.cuMemAllocAsync, 0);
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemAllocAsync_ptsz(dptr, bytesize, hStream)
-CKPT_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+CKPT_API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
   ENTER(cuMemAllocAsync_ptsz);
   return do_alloc(dptr, bytesize, ptsz_stream(hStream), real.cuMemAllocAsync_ptsz, 0);
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemFreeAsync(dptr, hStream)
-CKPT_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
+CKPT_API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
   ENTER(cuMemFreeAsync);
   return do_free(dptr, hStream, 0, real.cuMemFreeAsync);
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemFreeAsync_ptsz(dptr, hStream)
-CKPT_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
+CKPT_API CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
   ENTER(cuMemFreeAsync_ptsz);
   return do_free(dptr, ptsz_stream(hStream), 0, real.cuMemFreeAsync_ptsz);
 }
@@ -116,7 +114,7 @@ CKPT_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
  * location): they are counted and passed through, never tagged. */
 #undef CALL_REAL
 #define CALL_REAL real.cuMemAllocFromPoolAsync(dptr, bytesize, pool, hStream)
-CKPT_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+CKPT_API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                              CUstream hStream) {
   ENTER(cuMemAllocFromPoolAsync);
   ckpt_count_untagged();
@@ -124,7 +122,7 @@ CKPT_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize,
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemAllocFromPoolAsync_ptsz(dptr, bytesize, pool, hStream)
-CKPT_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
+CKPT_API CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
                                                   CUmemoryPool pool, CUstream hStream) {
   ENTER(cuMemAllocFromPoolAsync_ptsz);
   ckpt_count_untagged();
@@ -132,7 +130,7 @@ CKPT_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t byte
 }
 #undef CALL_REAL
 #define CALL_REAL real.cuMemGetInfo_v2(free_bytes, total_bytes)
-CKPT_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
+CKPT_API CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
   ENTER(cuMemGetInfo_v2);
   CUresult rc = CALL_REAL;
   if (rc == CUDA_SUCCESS && free_bytes && total_bytes) ckpt_note_mem_info(*free_bytes, *total_bytes);
@@ -160,28 +158,27 @@ static void *redirect(const char *name, int version, cuuint64_t flags, void *rea
   return best->wrapper;
 }
 
-#undef CALL_REAL
-#define CALL_REAL real.cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus)
-CKPT_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
-                                         cuuint64_t flags, CUdriverProcAddressQueryResult *symbolStatus) {
-  ENTER(cuGetProcAddress_v2);
-  CUresult rc = CALL_REAL;
+/* A successful look-up of a hooked name hands out our wrapper. */
+static CUresult redirected(CUresult rc, const char *symbol, void **pfn, int version, cuuint64_t flags) {
   if (rc == CUDA_SUCCESS && symbol && pfn && *pfn) {
-    void *w = redirect(symbol, cudaVersion, flags, *pfn);
+    void *w = redirect(symbol, version, flags, *pfn);
     if (w) *pfn = w;
   }
   return rc;
 }
+
+#undef CALL_REAL
+#define CALL_REAL real.cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus)
+CKPT_API CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
+                                         cuuint64_t flags, CUdriverProcAddressQueryResult *symbolStatus) {
+  ENTER(cuGetProcAddress_v2);
+  return redirected(CALL_REAL, symbol, pfn, cudaVersion, flags);
+}
 #undef CALL_REAL
 #define CALL_REAL real.cuGetProcAddress(symbol, pfn, cudaVersion, flags)
-CKPT_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
+CKPT_API CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
   ENTER(cuGetProcAddress);
-  CUresult rc = CALL_REAL;
-  if (rc == CUDA_SUCCESS && symbol && pfn && *pfn) {
-    void *w = redirect(symbol, cudaVersion, flags, *pfn);
-    if (w) *pfn = w;
-  }
-  return rc;
+  return redirected(CALL_REAL, symbol, pfn, cudaVersion, flags);
 }
 
 /* ---- dlsym: dlopen("libcuda.so.1") + dlsym reaches us here --------------- */
@@ -226,7 +223,7 @@ void ckpt_preload_ctor_done(void) { __atomic_store_n(&ctor_done, 1, __ATOMIC_REL
 #endif
 #endif
 
-CKPT_EXPORT CKPT_NO_SANITIZE void *dlsym(void *handle, const char *name) {
+CKPT_API CKPT_NO_SANITIZE void *dlsym(void *handle, const char *name) {
   if (handle == RTLD_NEXT && !__atomic_load_n(&ctor_done, __ATOMIC_ACQUIRE)) {
     void *(*real_fn)(void *, const char *) = ckpt_real_dlsym_fn();
     CKPT_MUSTTAIL return real_fn(handle, name);

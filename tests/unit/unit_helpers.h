@@ -17,7 +17,17 @@
 #include <unistd.h>
 
 /* By path: tests/simdev, also on the include path, has an internal.h too. */
-#include "../../hooks/internal.h" /* core.h, driver.h, params.h, ckpt.h, cu.h */
+#include "../../hooks/arena.h"
+#include "../../hooks/check.h"
+#include "../../hooks/engine.h"
+#include "../../hooks/observe.h"
+#include "../../hooks/params.h"
+#include "../../hooks/policy.h"
+#include "../../hooks/region.h"
+#include "../../hooks/state.h" /* core.h, ckpt.h, cu.h */
+#include "../../hooks/store.h"
+#include "../../hooks/streams.h"
+#include "../../hooks/vmm.h"
 #include "../../hooks/log.h"
 #include "simdev.h"
 

@@ -1,9 +1,18 @@
-/* Counters, exposed through ckpt_stats_get(). Updated under the core lock,
- * except ckpt_g.hot, which lock-free paths bump atomically. */
-#include <string.h>
+/* The shared state (state.h) and the counters' lock-free updates. At the
+ * bottom of the core: it calls nothing of libckpt. */
 #include <time.h>
 
-#include "internal.h"
+#include "state.h"
+
+__thread int ckpt_in_lib;
+struct ckpt_global ckpt_g = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+const char *ckpt_mode_name(int mode) {
+  static const char *const names[] = {"none", "host", "peer", "peer+host"};
+  return mode >= 0 && mode < 4 ? names[mode] : "none";
+}
 
 double ckpt_now(void) {
   struct timespec ts;
@@ -13,7 +22,6 @@ double ckpt_now(void) {
 
 void ckpt_count_hooked(void) { __atomic_add_fetch(&ckpt_g.hot.hooked_calls, 1, __ATOMIC_RELAXED); }
 void ckpt_count_untagged(void) { __atomic_add_fetch(&ckpt_g.hot.untagged_allocs, 1, __ATOMIC_RELAXED); }
-void ckpt_note_driver_error(void) { __atomic_add_fetch(&ckpt_g.hot.driver_errors, 1, __ATOMIC_RELAXED); }
 
 void ckpt_note_mem_info(size_t free_bytes, size_t total_bytes) {
   uint64_t used = total_bytes > free_bytes ? total_bytes - free_bytes : 0;
@@ -22,16 +30,6 @@ void ckpt_note_mem_info(size_t free_bytes, size_t total_bytes) {
   while (used > peak &&
          !__atomic_compare_exchange_n(&ckpt_g.hot.device_used_peak, &peak, used, true, __ATOMIC_RELAXED,
                                       __ATOMIC_RELAXED)) {
-  }
-}
-
-/* Samples device usage from the driver (torch's pool counters do not see our
- * mappings). Cheap; called at region boundaries by the API. */
-void ckpt_stats_sample_device(void) {
-  size_t f = 0, t = 0;
-  if (ckpt_g.tagging && DRV(cuMemGetInfo_v2, &f, &t) == CUDA_SUCCESS) {
-    ckpt_note_mem_info(f, t);
-    ckpt_trace(CKPT_T_MEM, 0, NULL, 0, 0, t - f);
   }
 }
 
@@ -45,17 +43,4 @@ void ckpt_stats_snapshot(struct ckpt_stats *out) {
   HOT(device_used_peak);
 #undef HOT
   out->size = sizeof *out;
-}
-
-CKPT_API int ckpt_stats_get(struct ckpt_stats *out, size_t size) {
-  if (!out || size < sizeof(uint64_t)) return CKPT_EINVAL;
-  ckpt_init();
-  struct ckpt_stats s;
-  LOCK();
-  ckpt_stats_snapshot(&s);
-  UNLOCK();
-  if (size > sizeof s) size = sizeof s;
-  memcpy(out, &s, size);
-  if (size >= sizeof s.size) out->size = size;
-  return 0;
 }

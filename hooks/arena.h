@@ -1,0 +1,58 @@
+/* The arena: tagged allocations (each its own reserved VA range and physical
+ * backing), the live index, the mapping cache and stream-ordered frees. */
+#ifndef CKPT_ARENA_H
+#define CKPT_ARENA_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cu.h"
+
+/* A free, device-backed mapping in the cache (beyond the public residencies). */
+enum { T_CACHED = 16 };
+
+struct ckpt_held;
+struct region;
+
+/* One tagged allocation. */
+struct talloc {
+  CUdeviceptr va;   /* reservation base; the pointer the program got */
+  size_t size;      /* mapped bytes, a multiple of the granularity */
+  size_t req;       /* bytes the program asked for */
+  int device;
+  CUcontext ctx;
+  CUmemGenericAllocationHandle dev;   /* device memory mapped at va (0: none) */
+  struct ckpt_held *held;             /* the store's copy while offloading/host/restoring */
+  CUmemGenericAllocationHandle fresh; /* restore target, mapped at fresh_va */
+  CUdeviceptr fresh_va;
+  int state;        /* enum ckpt_residency or T_CACHED */
+  bool busy;        /* an engine job owns the transition in flight */
+  bool cancel;      /* offload cancelled by a restore before the swap */
+  bool freed;       /* the program freed it; the stream has not passed the free yet (pending list) */
+  bool keep;        /* outlived a whole cycle: persistent, never offloaded again */
+  bool moved;       /* was host-backed in this life: its memory is not cached on free */
+  struct region *region;
+  uint32_t site;    /* call site (CKPT_STACKS), 0 if none */
+  CUstream stream;  /* allocation stream */
+  CUstream free_stream;
+  CUevent free_ev;
+  struct talloc *rnext; /* region's list */
+  struct talloc *next;  /* cache / pending list */
+};
+
+/* At init: allocations under min_bytes are never tagged. */
+void ckpt_arena_init(size_t min_bytes);
+/* Lock held. The live allocation holding p (interior pointers too), or NULL. */
+struct talloc *ckpt_live_find(CUdeviceptr p);
+/* The device granularity every tagged size is a multiple of. */
+size_t ckpt_granularity(int device);
+/* Device memory, making room when the driver has none (lock held). */
+CUresult ckpt_device_handle(int device, size_t size, CUmemGenericAllocationHandle *out);
+/* Pending frees whose stream is past them are finished (lock held). */
+void ckpt_reap(void);
+/* Destroys cached mappings until `want` bytes are freed; the bytes freed. */
+size_t ckpt_cache_trim(size_t want);
+/* At exit, engine stopped, lock held: the program's pending frees completed
+ * and every cached mapping destroyed (live tagged memory is the program's). */
+void ckpt_arena_release_all(void);
+#endif

@@ -1,0 +1,52 @@
+/* The copies and the swaps of one job: a job's items are copied into a
+ * backing store (offload) or out of it into fresh device memory (restore) on
+ * the device's copy stream; once the copies are complete the engine applies
+ * the job: each item's VA is remapped onto the memory now holding its data.
+ * Copy first, swap after: at every instant the VA is mapped onto memory that
+ * holds the data, so a reader that never asked for a restore reads correct
+ * bytes. All under the core lock, in the items' context. */
+#ifndef CKPT_COPY_H
+#define CKPT_COPY_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cu.h"
+#include "streams.h"
+
+struct region;
+struct talloc;
+
+enum { JOB_TO_HOST, JOB_TO_DEVICE };
+
+/* The engine's unit of work: the items of one region tree on one device. */
+struct job {
+  int kind, device;
+  uint64_t bytes;
+  struct ckpt_gate gate;
+  bool gated;               /* gate closed (by the engine or a restore) */
+  bool gate_failed;         /* a stream could not be held: the job must not swap */
+  bool restore_gate;        /* closed by a restore: a consumer waits at it */
+  struct job *gate_owner;   /* the job whose gate covers this one, or NULL */
+  CUcontext ctx;
+  CUevent start, done;
+  struct region *top;
+  int n;
+  struct job *next;
+  struct talloc *items[];
+};
+
+/* Enqueues the copies of `items` (those on j's device) into j; 1 when the job
+ * must be pushed, 0 when there is nothing to do, < 0 on error (items rolled
+ * back, *out_r the driver's code). */
+int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out_r);
+/* Whether applying j would swap anything (offloads of cancelled or freed
+ * items are only rolled back: no gate needed for them). */
+bool ckpt_copies_swap(const struct job *j);
+/* The copies are complete (copy_rc CUDA_SUCCESS) or failed / not to be
+ * swapped (anything else): swap or roll back every item. */
+void ckpt_copies_apply(struct job *j, CUresult copy_rc);
+/* Waits for the device's copy stream. */
+CUresult ckpt_copy_stream_sync(int device);
+/* At exit, no job left: destroys the copy streams. */
+void ckpt_copy_streams_release(void);
+#endif

@@ -1,0 +1,269 @@
+#define _GNU_SOURCE /* pthread_timedjoin_np */
+/* The engine (engine.h). Gates on one stream open in the order they were
+ * closed, so the engine never closes a gate behind one that is still closed:
+ * when a restore has closed one, everything of that device queued before it
+ * is swapped under that gate. Otherwise the oldest job's copies are awaited
+ * and it, with the later jobs whose copies are complete, is swapped under a
+ * gate of its own. Jobs stay queued until done so that a restore can find them. */
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "arena.h"
+#include "check.h"
+#include "copy.h"
+#include "engine.h"
+#include "observe.h"
+#include "region.h"
+#include "state.h"
+#include "streams.h"
+
+static struct job *queue_head, *queue_tail;
+static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t settled_cv = PTHREAD_COND_INITIALIZER; /* a job finished (ckpt_engine_wait_settled) */
+static pthread_t engine;
+static bool engine_started, engine_stop;
+
+static void job_done(struct job *j) {
+  j->top->jobs--;
+  ckpt_region_retire_maybe(j->top);
+  DRV(cuEventDestroy_v2, j->start);
+  DRV(cuEventDestroy_v2, j->done);
+  free(j);
+}
+
+/* Holds the program's streams of j's device at a gate (lock held). */
+static void gate_job(struct job *j) {
+  CUcontext saved = NULL;
+  DRV(cuCtxGetCurrent, &saved);
+  if (saved != j->ctx) DRV(cuCtxSetCurrent, j->ctx);
+  int g = ckpt_gate_close(j->device, &j->gate);
+  j->gated = g > 0;
+  j->gate_failed = g < 0;
+  j->gate_owner = j;
+  if (saved != j->ctx) DRV(cuCtxSetCurrent, saved);
+}
+
+/* The job of `device` holding the gate closed first (a restore's), or NULL.
+ * Gates on one stream are reached in the order they were closed, which is not
+ * queue order (prefetch(1), restore(2), restore(1)): go by the sequence. */
+static struct job *first_gated(int device) {
+  struct job *first = NULL;
+  for (struct job *q = queue_head; q; q = q->next)
+    if (q->device == device && q->gate_owner == q && q->gated &&
+        (!first || (int32_t)(q->gate.seq - first->gate.seq) < 0))
+      first = q;
+  return first;
+}
+
+static void queue_remove(struct job *j) {
+  struct job **pp = &queue_head, *prev = NULL;
+  while (*pp && *pp != j) prev = *pp, pp = &(*pp)->next;
+  if (!*pp) return;
+  *pp = j->next;
+  if (queue_tail == j) queue_tail = prev;
+}
+
+/* One round of the engine (see the top of the file). Lock held. */
+#define BATCH 64
+static void engine_round(void) {
+  int device = queue_head->device;
+  struct job *target = NULL, *g;
+  CUresult rc_target = CUDA_SUCCESS;
+  do { /* until no restore closed a gate while we waited */
+    g = first_gated(device);
+    target = g ? g : queue_head;
+    UNLOCK();
+    DRV(cuCtxSetCurrent, target->ctx);
+    rc_target = DRV(cuEventSynchronize, target->done);
+    /* An error here says nothing about the copies: wait for the copy stream
+     * before anything rolls back (and frees) memory they may still touch. */
+    if (rc_target != CUDA_SUCCESS) {
+      CU_ERROR_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy stream instead",
+                    ckpt_cu_name(rc_target));
+      if (ckpt_copy_stream_sync(target->device) == CUDA_SUCCESS) rc_target = CUDA_SUCCESS;
+    }
+    LOCK();
+  } while (first_gated(device) != g && first_gated(device) != NULL && !g);
+  struct job *batch[BATCH];
+  CUresult rc[BATCH];
+  int n = 0;
+  bool past_target = false;
+  for (struct job *q = queue_head; q && n < BATCH; q = q->next) {
+    if (q->device != device) continue;
+    if (past_target && (q->gate_owner || ckpt_event_query(q->done) != CUDA_SUCCESS)) break;
+    /* Jobs before the target completed their copies before it (one copy stream). */
+    rc[n] = q == target ? rc_target : ckpt_event_query(q->done);
+    batch[n++] = q;
+    if (q == target) past_target = true;
+  }
+  bool swaps = false;
+  for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && ckpt_copies_swap(batch[i]);
+  if (!target->gate_owner && swaps) gate_job(target);
+  if (target->gate_failed && swaps) {
+    /* Roll the batch back (its copies are complete): offloads keep their
+     * data on the device, restores leave it host-backed (retried later). */
+    CKPT_WARN_ONCE("a stream could not be held at libckpt's gate: swaps are skipped (offloaded data stays "
+                   "on the device, restored data host-backed) until it can");
+    for (int i = 0; i < n; i++)
+      if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
+  }
+  /* Jobs queued before the target may hold gates closed after its: they are
+   * swapped now, under the target's gate, and their gates opened with it. */
+  struct job *also_open[BATCH];
+  int nopen = 0;
+  for (int i = 0; i < n; i++) {
+    if (batch[i] != target && batch[i]->gate_owner == batch[i] && batch[i]->gated) also_open[nopen++] = batch[i];
+    batch[i]->gate_owner = target; /* a restore must not gate them again */
+  }
+  double stall_from = 0;
+  if (target->gated) {
+    bool early = ckpt_gate_reached(&target->gate);
+    stall_from = ckpt_now();
+    if (!early) {
+      UNLOCK();
+      ckpt_gate_wait(&target->gate);
+      LOCK();
+      stall_from = ckpt_now();
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    struct job *b = batch[i];
+    float ms = 0;
+    if (rc[i] != CUDA_SUCCESS || DRV(cuEventElapsedTime_v2, &ms, b->start, b->done) != CUDA_SUCCESS) ms = 0;
+    ckpt_g.stats.copy_seconds_total += ms / 1000.0;
+    if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
+    ckpt_copies_apply(b, rc[i]);
+    ckpt_trace(b->kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, b->top->id, NULL, b->bytes, 0,
+               (uint64_t)(ms * 1e6));
+  }
+  for (int i = 0; i < nopen; i++) ckpt_gate_open(&also_open[i]->gate);
+  if (target->gated) {
+    ckpt_gate_open(&target->gate);
+    /* A consumer held at a restore's gate waited from (at the latest) the
+     * moment both the copies and the gate were reached until now. */
+    if (target->restore_gate) {
+      double dt = ckpt_now() - stall_from;
+      ckpt_g.stats.stall_seconds_total += dt;
+      if (target->top->ns) target->top->ns->stall_seconds += dt;
+      ckpt_trace(CKPT_T_STALL, target->top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    queue_remove(batch[i]);
+    job_done(batch[i]);
+  }
+  ckpt_reap();
+  ckpt_publish();
+  pthread_cond_broadcast(&settled_cv);
+}
+
+static void *engine_main(void *arg) {
+  (void)arg;
+  ckpt_in_lib = 1;
+  LOCK();
+  for (;;) {
+    while (!queue_head && !engine_stop) pthread_cond_wait(&queue_cv, &ckpt_g.lock);
+    if (engine_stop) break;
+    engine_round();
+  }
+  UNLOCK();
+  return NULL;
+}
+
+bool ckpt_engine_stop(void) {
+  LOCK();
+  bool started = engine_started;
+  engine_stop = true;
+  pthread_cond_broadcast(&queue_cv);
+  UNLOCK();
+  if (!started) return true;
+  /* An engine blocked on a copy that never finishes must not hang exit. */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 2;
+  if (pthread_timedjoin_np(engine, NULL, &ts) != 0) {
+    CKPT_WARN("engine did not stop within 2 s at exit");
+    pthread_detach(engine); /* exit goes on; the copy it waits for dies with the process */
+    return false;
+  }
+  return true;
+}
+
+bool ckpt_engine_release(void) {
+  if (queue_head) return false; /* copies may still run into memory it holds */
+  ckpt_copy_streams_release();
+  return true;
+}
+
+static int push_job(struct job *j) {
+  if (!engine_started) {
+    if (pthread_create(&engine, NULL, engine_main, NULL) != 0) return CKPT_ENOMEM;
+    engine_started = true;
+  }
+  j->next = NULL;
+  if (queue_tail) queue_tail->next = j;
+  else queue_head = j;
+  queue_tail = j;
+  j->top->jobs++;
+  pthread_cond_signal(&queue_cv);
+  return 0;
+}
+
+int ckpt_engine_submit(int kind, struct region *top, struct talloc **items, int n) {
+  if (!n) return 0;
+  struct talloc *first = items[0];
+  CUresult r = CUDA_SUCCESS;
+  struct job *j = calloc(1, sizeof *j + (size_t)n * sizeof *items);
+  if (!j) return CKPT_ENOMEM;
+  j->kind = kind;
+  j->device = first->device;
+  j->ctx = first->ctx;
+  j->top = top;
+  /* Streams, events and the legacy stream are per context: act in the
+   * survivors' context, whatever the caller's current one is. */
+  CUcontext saved = NULL;
+  DRV(cuCtxGetCurrent, &saved);
+  if (saved != first->ctx) DRV(cuCtxSetCurrent, first->ctx);
+  int rc = ckpt_copies_start(j, items, n, &r);
+  if (saved != first->ctx) DRV(cuCtxSetCurrent, saved);
+  if (rc <= 0) {
+    free(j);
+    return rc;
+  }
+  return push_job(j);
+}
+
+static bool tree_settled(struct region *r) {
+  for (struct talloc *t = r->allocs; t; t = t->rnext)
+    if (t->busy) return false;
+  for (struct region *k = r->kids; k; k = k->sibling)
+    if (!tree_settled(k)) return false;
+  return true;
+}
+
+/* Waits (lock held) until no engine job is in flight for the tree. */
+void ckpt_engine_wait_settled(struct region *top, bool count_stall) {
+  if (tree_settled(top) && top->jobs == 0) return;
+  double t0 = ckpt_now();
+  top->waiters++; /* keeps the tree alive while the lock is released */
+  while (!(tree_settled(top) && top->jobs == 0)) pthread_cond_wait(&settled_cv, &ckpt_g.lock);
+  top->waiters--;
+  if (count_stall) {
+    double dt = ckpt_now() - t0;
+    ckpt_g.stats.stall_seconds_total += dt;
+    if (top->ns) top->ns->stall_seconds += dt;
+    ckpt_trace(CKPT_T_STALL, top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
+  }
+}
+
+bool ckpt_engine_gate_restores(struct region *top) {
+  bool ungated = false;
+  for (struct job *q = queue_head; q; q = q->next)
+    if (q->top == top && q->kind == JOB_TO_DEVICE && !q->gate_owner) {
+      gate_job(q);
+      q->restore_gate = q->gated;
+      ungated |= !q->gated;
+    }
+  return ungated;
+}

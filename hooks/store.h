@@ -1,0 +1,54 @@
+/* The backing-store interface: "put these bytes somewhere, give them back".
+ *
+ * The copies (copy.c) move a survivor's bytes into a store when it is
+ * offloaded and out of it when it is restored; the store decides where the
+ * bytes live. Implemented today by the host pool (pinned host memory,
+ * host_pool.c). Peer partitioning is a second implementation: put keeps this
+ * rank's 1/P slice (on the device or in host memory), get all-gathers the
+ * slices into dst on the copy stream, and `handle` is 0 (the VA is not
+ * remapped onto the store: it stays reserved, unmapped, until the restore).
+ *
+ * Every function runs with the core lock held, on the survivor's context. */
+#ifndef CKPT_STORE_H
+#define CKPT_STORE_H
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cu.h"
+
+struct ckpt_store;
+
+/* The bytes of one allocation, held by a store. */
+struct ckpt_held {
+  const struct ckpt_store *store;
+  CUdeviceptr va;                      /* where the store's copy engine sees them (logs) */
+  CUmemGenericAllocationHandle handle; /* memory the allocation's VA can be remapped onto, 0 if none */
+};
+
+/* Why put returned NULL. */
+struct ckpt_store_fail {
+  CUresult rc;  /* the driver's (or CUDA_ERROR_OUT_OF_MEMORY) */
+  bool capped;  /* the store's own limit (CKPT_HOST_MAX_BYTES), not the driver */
+  bool copy;    /* room was found, the copy could not be enqueued (logged) */
+};
+
+struct ckpt_store {
+  const char *name;
+  /* Enqueues the copy of `bytes` at device VA src (an allocation of `size`
+   * mapped bytes on `device`) into the store on `stream`; NULL with *fail. */
+  struct ckpt_held *(*put)(int device, size_t size, CUdeviceptr src, size_t bytes, CUstream stream,
+                           struct ckpt_store_fail *fail);
+  /* Enqueues the copy of the held bytes into device VA dst on `stream` (a
+   * failure is logged by the store). */
+  CUresult (*get)(struct ckpt_held *h, CUdeviceptr dst, size_t bytes, CUstream stream);
+  /* The bytes are no longer needed: the room goes back to the store. */
+  void (*drop)(struct ckpt_held *h);
+  /* Gives idle room back to the driver (ckpt_release_cached, exit). */
+  void (*release_idle)(void);
+};
+
+static inline void ckpt_held_drop(struct ckpt_held *h) { h->store->drop(h); }
+
+/* host_pool.c */
+extern const struct ckpt_store ckpt_host_store;
+#endif
