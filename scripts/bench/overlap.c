@@ -60,6 +60,7 @@ static struct {
   int (*prefetch)(int);
   int (*offload)(int);
   int (*step)(void);
+  int (*wait)(int);
   int (*stats)(struct ckpt_stats *, size_t);
 } ck;
 
@@ -145,6 +146,7 @@ int main(int argc, char **argv) {
     *(void **)&ck.prefetch = dlsym(RTLD_DEFAULT, "ckpt_prefetch");
     *(void **)&ck.offload = dlsym(RTLD_DEFAULT, "ckpt_offload");
     *(void **)&ck.step = dlsym(RTLD_DEFAULT, "ckpt_step");
+    *(void **)&ck.wait = dlsym(RTLD_DEFAULT, "ckpt_wait");
     *(void **)&ck.stats = dlsym(RTLD_DEFAULT, "ckpt_stats_get");
   }
   CUdevice dev;
@@ -179,14 +181,20 @@ int main(int argc, char **argv) {
       for (int l = 0; l < layers; l++) fwd(A, l, tag | (uint32_t)l, us);
       for (int l = layers - 1; l >= 0; l--) bwd(A, l, us);
     } else {
-      for (int l = 0; l < layers; l++) fwd(A, l, tag | (uint32_t)l, us);
+      for (int l = 0; l < layers; l++) {
+        fwd(A, l, tag | (uint32_t)l, us);
+        if (ck.offload && l >= 1) ck.offload(A[l - 1].id);
+      }
+      if (ck.offload) ck.offload(A[layers - 1].id);
       CU(cuStreamSynchronize(s));
+      if (ck.wait) /* A's offloads are done before the interleaved phase */
+        for (int l = 0; l < layers; l++) ck.wait(A[l].id);
       unsigned long long b0[3], b1[3];
       simdev_link_stats(b0, NULL);
       double p0 = now();
       for (int k = 0; k < layers; k++) { /* forward B layer k, backward A layer L-1-k */
         fwd(B, k, tag | 0x8000u | (uint32_t)k, us);
-        if (ck.offload && k >= 1) ck.offload(B[k - 1].id);
+        if (ck.offload && k >= 1) { int rc_ = ck.offload(B[k - 1].id); if (rc_ && getenv("BENCH_TRACE")) fprintf(stderr, "offload B%d: %d\n", k - 1, rc_); }
         int l = layers - 1 - k;
         if (ck.prefetch && l >= 1) ck.prefetch(A[l - 1].id);
         bwd(A, l, us);
