@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ckpt.h"
+#include "driver.h"
 #include "log.h"
 
 /* ---- the real cuRAND --------------------------------------------------- */
@@ -50,10 +51,13 @@ static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static void *(*load_resolve)(const char *name);
 static int load_rc = CKPT_EDRIVER;
 
+/* The real dlsym (driver.h): inside libckpt a plain dlsym is the preload's
+ * override, which would hand back the curand* wrappers themselves. A
+ * handle's own scope never contains the preload, so this is libcurand's. */
 static void *dl_resolve(const char *name) {
   static void *lib;
   if (!lib) lib = dlopen("libcurand.so.10", RTLD_NOW | RTLD_LOCAL);
-  return lib ? dlsym(lib, name) : NULL;
+  return lib ? ckpt_real_dlsym(lib, name) : NULL;
 }
 
 static void load_table(void) {
