@@ -93,6 +93,10 @@
  * (the default state) and adds "model-parallel-rng" = seed + 2718 + tp_rank.
  *
  * OTHER RULES
+ *   - Locks: the rng mutex is taken inside the core lock (the region
+ *     registry's calls) and never takes it. It calls the real cuRAND while
+ *     held only from API calls, which run in-lib (api_rng.c): a driver call
+ *     cuRAND makes then passes straight to the driver, without the core lock.
  *   - A hook entered while another hook runs on the same thread (libcurand
  *     calling its own exported curand* through the PLT, which the preload
  *     interposes) passes straight to the real function: tracked once.
