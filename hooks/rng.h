@@ -1,4 +1,6 @@
 /* rng: cuRAND generator tracking, region replay, and the named RNG states.
+ * (rng.c: real table, generators, hooks; rng_replay.c: region records and
+ * replay; rng_named.c: the named states; rng_state.h: what they share.)
  *
  * A core module on the base layer only (log.h, driver.h's real dlsym); it
  * reaches the real cuRAND through its own function table, loaded with
