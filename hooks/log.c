@@ -121,19 +121,19 @@ static int log_dest(void) {
   return fd == LOG_FD_PENDING ? open_log_file() : fd;
 }
 
-void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...) {
+/* level < 0: no level name, whatever the current level (ckpt_log_print). */
+__attribute__((format(printf, 4, 0)))
+static void emit(int level, const char *file, int line, const char *fmt, va_list ap) {
   int saved_errno = errno; /* callers are hooks: the host program reads errno */
   char buf[LOG_LINE_MAX];
   size_t len = 0;
-  appendf(buf, sizeof buf, &len, "libckpt[%d] %s ", (int)getpid(), level_name(level));
-  if (file && __atomic_load_n(&ckpt_log_level, __ATOMIC_RELAXED) >= CKPT_LOG_TRACE) {
+  appendf(buf, sizeof buf, &len, "libckpt[%d] ", (int)getpid());
+  if (level >= 0) appendf(buf, sizeof buf, &len, "%s ", level_name(level));
+  if (level >= 0 && file && __atomic_load_n(&ckpt_log_level, __ATOMIC_RELAXED) >= CKPT_LOG_TRACE) {
     const char *base = strrchr(file, '/');
     appendf(buf, sizeof buf, &len, "%s:%d ", base ? base + 1 : file, line);
   }
-  va_list ap;
-  va_start(ap, fmt);
   append(buf, sizeof buf, &len, fmt, ap);
-  va_end(ap);
   while (len > 0 && buf[len - 1] == '\n') len--;
   buf[len++] = '\n';
 
@@ -142,6 +142,22 @@ void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...) 
   }
   errno = saved_errno;
 }
+
+void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  emit(level, file, line, fmt, ap);
+  va_end(ap);
+}
+
+void ckpt_log_print(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  emit(-1, NULL, 0, fmt, ap);
+  va_end(ap);
+}
+
+void ckpt_log_open_now(void) { (void)log_dest(); }
 
 /* A child of fork() logs to its own file when the name holds its pid. */
 static void log_atfork_child(void) {

@@ -57,7 +57,10 @@ static void observer_join(void) {
 
 /* ---- start and stop ------------------------------------------------------ */
 
+const char *ckpt_observe_mode = "none"; /* for the exit summary (observe_mem.c) */
+
 void ckpt_observe_init(const char *mode) {
+  ckpt_observe_mode = mode;
   const char *trace_path = ckpt_param_str(CKPT_P_TRACE);
   bool profile = ckpt_param_int(CKPT_P_PROFILE), sync = ckpt_param_int(CKPT_P_SYNC);
   bool tracing = trace_path[0] && ckpt_trace_open(trace_path);
@@ -81,6 +84,7 @@ void ckpt_observe_exit(void) {
   LOCK();
   ckpt_shm_remove();
   UNLOCK();
+  ckpt_observe_summary();
 }
 
 /* The child of a fork: the segment and the trace are the parent's, the
