@@ -53,8 +53,7 @@ static void saving_text(char *out, size_t cap, const struct ckpt_stats *s) {
   snprintf(out, cap, "device peak %s \xe2\x86\x92 %s (%s), stall %.3f s", before, after, pct, s->stall_seconds_total);
 }
 
-/* Mode name kept by ckpt_observe_init (observe_run.c). */
-extern const char *ckpt_observe_mode;
+const char *ckpt_observe_mode = "none"; /* set by ckpt_observe_init (observe_run.c) */
 
 void ckpt_observe_summary(void) {
   if (!ckpt_param_int(CKPT_P_STATS_AT_EXIT)) return;

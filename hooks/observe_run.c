@@ -57,7 +57,6 @@ static void observer_join(void) {
 
 /* ---- start and stop ------------------------------------------------------ */
 
-const char *ckpt_observe_mode = "none"; /* for the exit summary (observe_mem.c) */
 
 void ckpt_observe_init(const char *mode) {
   ckpt_observe_mode = mode;

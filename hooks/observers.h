@@ -46,6 +46,7 @@ void ckpt_callsite_forked(void);
 /* observe_mem.c: the exit summary line (CKPT_STATS_AT_EXIT), after the
  * engine stopped; lock NOT held. */
 void ckpt_observe_summary(void);
+extern const char *ckpt_observe_mode; /* the mode's name, for the summary */
 
 /* profile.c */
 void ckpt_profile_forked(void);
