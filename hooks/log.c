@@ -84,6 +84,33 @@ static int expand_path(const char *in, char *out, size_t cap) {
   return 0;
 }
 
+/* Called once log_fd is stderr, so this does not come back to the file. */
+static void report_unusable(const char *path, int err) {
+  char ebuf[128];
+  const char *etext = strerror_r(err, ebuf, sizeof ebuf);
+  ckpt_log_emit(CKPT_LOG_WARN, __FILE__, __LINE__, "cannot open CKPT_DEBUG_FILE %s: %s; logging to stderr",
+                err == ENAMETOOLONG ? log_path : path, etext);
+}
+
+/* 0 when the file could be opened for appending (or created), else the errno
+ * saying why not. Creates nothing and keeps nothing open: the file is still
+ * opened at the first message. O_NONBLOCK: a FIFO must not block the probe. */
+static int probe_log_file(const char *path) {
+  int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  if (errno != ENOENT) return errno;
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == dir) dir[1] = '\0';
+  else *slash = '\0';
+  return access(dir, W_OK | X_OK) == 0 ? 0 : errno;
+}
+
 /* First message after configure: open the file. Racing threads may both open;
  * the one that publishes its fd wins and only it reports a failure. */
 static int open_log_file(void) {
@@ -104,12 +131,7 @@ static int open_log_file(void) {
   if (fd >= 0) {
     log_fd_owned = 1;
   } else {
-    /* log_fd is stderr now, so this does not come back here. */
-    char ebuf[128];
-    const char *etext = strerror_r(err, ebuf, sizeof ebuf);
-    ckpt_log_emit(CKPT_LOG_WARN, __FILE__, __LINE__,
-                  "cannot open CKPT_DEBUG_FILE %s: %s; logging to stderr",
-                  err == ENAMETOOLONG ? log_path : path, etext);
+    report_unusable(path, err);
   }
   return want;
 }
@@ -157,7 +179,17 @@ void ckpt_log_print(const char *fmt, ...) {
   va_end(ap);
 }
 
-void ckpt_log_open_now(void) { (void)log_dest(); }
+void ckpt_log_open_now(void) {
+  if (__atomic_load_n(&log_fd_override, __ATOMIC_ACQUIRE) >= 0) return;
+  if (__atomic_load_n(&log_fd, __ATOMIC_ACQUIRE) != LOG_FD_PENDING) return;
+  char path[PATH_MAX];
+  int err = -expand_path(log_path, path, sizeof path);
+  if (!err) err = probe_log_file(path);
+  if (!err) return; /* opened at the first message, as before */
+  int expected = LOG_FD_PENDING;
+  if (__atomic_compare_exchange_n(&log_fd, &expected, STDERR_FILENO, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    report_unusable(path, err);
+}
 
 /* A child of fork() logs to its own file when the name holds its pid. */
 static void log_atfork_child(void) {

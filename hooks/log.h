@@ -46,8 +46,10 @@ void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...)
  * exit summary: asked for by CKPT_STATS_AT_EXIT, so CKPT_DEBUG does not hide it). */
 void ckpt_log_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Opens CKPT_DEBUG_FILE now rather than at the first message, so that an
- * unusable path is reported at start (once, path and reason; then stderr). */
+/* Checks CKPT_DEBUG_FILE now (may it be opened, or created?) rather than at
+ * the first message, so that an unusable path is reported at start (once,
+ * path and reason; logging then goes to stderr). Creates nothing: the file is
+ * still opened at the first message. */
 void ckpt_log_open_now(void);
 
 /* Called by params: sets the level and the log file (NULL or "" = stderr).

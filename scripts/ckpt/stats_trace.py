@@ -330,7 +330,8 @@ def plot(trace: Trace, out_path: str) -> None:
     fig, (mem_ax, reg_ax, copy_ax) = plt.subplots(3, 1, figsize=(13, 7.5), sharex=True,
                                                    gridspec_kw={"height_ratios": [3, 1, 1]})
     if ts:
-        mem_ax.step(ts, [u / div for u in without], where="post", label="without libckpt (used + offloaded)",
+        mem_ax.step(ts, [u / div for u in without], where="post",
+                    label="without libckpt (used + released by libckpt)",
                     color="tab:red", alpha=0.7)
         mem_ax.step(ts, [u / div for u in used], where="post", label="device used (with libckpt)",
                     color="tab:blue")

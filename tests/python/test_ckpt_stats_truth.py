@@ -85,7 +85,9 @@ def test_without_libckpt_does_not_drift_and_matches_the_summary(demo_run):
     ts, used, without = st.memory_series(tr)
     per_step = [max((w for t, w in zip(ts, without) if a <= t < b), default=None) for a, b in zip(steps, steps[1:])]
     per_step = [p for p in per_step if p is not None]
-    assert len(per_step) >= 3 and len(set(per_step[1:])) == 1, [p / MiB for p in per_step]
+    # The old trace counted each step's rolled-back offload (one 4 MiB layer)
+    # as released for good: "without" grew by a layer a step, 8 MiB by step 3.
+    assert len(per_step) >= 3 and max(per_step) - min(per_step) < 8 * MiB, [p / MiB for p in per_step]
     line, _ = summary_fields(r.stderr)
     m = SAVING.search(line)
     assert m, line
