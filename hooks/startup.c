@@ -33,7 +33,10 @@ void ckpt_preload_env(const char *self_path) {
  * installed what CKPT_PATCH / CKPT_REGIONS ask for. A plain flag: the call
  * must not initialise libckpt or touch the driver. */
 static int python_patching;
-CKPT_API void ckpt_python_loaded(void) { __atomic_store_n(&python_patching, 1, __ATOMIC_RELAXED); }
+CKPT_API int ckpt_python_loaded(void) {
+  __atomic_store_n(&python_patching, 1, __ATOMIC_RELAXED);
+  return 0;
+}
 
 /* At exit: CKPT_PATCH / CKPT_REGIONS in a Python process whose ckpt package
  * never ran (LD_PRELOAD without ckpt-run) patched nothing: say so, once. A

@@ -116,10 +116,10 @@ int ckpt_profile_set(int profile, int synchronize);
 const char *ckpt_mode(void);
 
 /* Called by the Python package (ckpt.autopatch) once it has installed what
- * CKPT_PATCH / CKPT_REGIONS ask for; only sets a flag. In a Python process
+ * CKPT_PATCH / CKPT_REGIONS ask for; only sets a flag, returns 0. In a Python process
  * where it was never called, libckpt warns at exit that those variables had
  * no effect (LD_PRELOAD without ckpt-run). */
-void ckpt_python_loaded(void);
+int ckpt_python_loaded(void);
 
 #ifdef __cplusplus
 }

@@ -91,7 +91,7 @@ def _tell_libckpt() -> None:
     except OSError:
         return
     if fn is not None:
-        fn.restype = None
+        fn.restype = ctypes.c_int
         fn()
 
 

@@ -69,6 +69,7 @@ SIGNATURES = {
     "ckpt_release_cached": (ctypes.c_int, []),
     "ckpt_stats_get": (ctypes.c_int, [ctypes.POINTER(CkptStats), ctypes.c_size_t]),
     "ckpt_mode": (ctypes.c_char_p, []),
+    "ckpt_python_loaded": (ctypes.c_int, []),
 }
 
 
