@@ -222,3 +222,26 @@ void ckpt_copies_apply(struct job *j, CUresult copy_rc) {
     t->cancel = false;
   }
 }
+
+/* ---- what the trace says of an applied job ------------------------------- */
+
+void ckpt_copies_trace_end(const struct job *j, uint64_t copy_ns) {
+  if (!ckpt_trace_enabled()) return;
+  bool offload = j->kind == JOB_TO_HOST;
+  uint64_t swapped = 0, device = 0, kept = 0, nkept = 0;
+  for (int i = 0; i < j->n; i++) {
+    const struct talloc *t = j->items[i];
+    /* Where to_host / to_device leave an item they swapped (and counted). */
+    if (t->state == (offload ? CKPT_HOST : CKPT_DEVICE)) {
+      swapped += t->req;
+      device += t->size;
+    } else {
+      kept += t->req;
+      nkept++;
+    }
+  }
+  if (nkept)
+    ckpt_trace(offload ? CKPT_T_OFFLOAD_ROLLBACK : CKPT_T_RESTORE_ROLLBACK, j->top->id, NULL, kept, 0, nkept);
+  ckpt_trace(offload ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, j->top->id, NULL, swapped, (uintptr_t)device,
+             copy_ns);
+}

@@ -45,6 +45,9 @@ bool ckpt_copies_swap(const struct job *j);
 /* The copies are complete (copy_rc CUDA_SUCCESS) or failed / not to be
  * swapped (anything else): swap or roll back every item. */
 void ckpt_copies_apply(struct job *j, CUresult copy_rc);
+/* After ckpt_copies_apply: the job's CKPT_T_*_END trace record with the
+ * bytes actually swapped (and a *_ROLLBACK record for items that were not). */
+void ckpt_copies_trace_end(const struct job *j, uint64_t copy_ns);
 /* Waits for the device's copy stream. */
 CUresult ckpt_copy_stream_sync(int device);
 /* At exit, no job left: destroys the copy streams. */

@@ -134,8 +134,7 @@ static void engine_round(void) {
     ckpt_g.stats.copy_seconds_total += ms / 1000.0;
     if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
     ckpt_copies_apply(b, rc[i]);
-    ckpt_trace(b->kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, b->top->id, NULL, b->bytes, 0,
-               (uint64_t)(ms * 1e6));
+    ckpt_copies_trace_end(b, (uint64_t)(ms * 1e6)); /* what was swapped, not what was copied */
   }
   for (int i = 0; i < nopen; i++) ckpt_gate_open(&also_open[i]->gate);
   if (target->gated) {
@@ -149,6 +148,7 @@ static void engine_round(void) {
       ckpt_trace(CKPT_T_STALL, target->top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
     }
   }
+  if (swaps) ckpt_observe_mem(false); /* device memory after the swaps (tracing) */
   for (int i = 0; i < n; i++) {
     queue_remove(batch[i]);
     job_done(batch[i]);

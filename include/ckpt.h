@@ -187,6 +187,11 @@ int ckpt_rng_reset(void);
  * negative tp_rank. */
 int ckpt_rng_model_parallel_seed(unsigned long long seed, int tp_rank);
 
+/* Called by the Python package (ckpt.autopatch) once it has installed what
+ * CKPT_PATCH / CKPT_REGIONS ask for; only sets a flag, returns 0. In a Python process
+ * where it was never called, libckpt warns at exit that those variables had
+ * no effect (LD_PRELOAD without ckpt-run). */
+int ckpt_python_loaded(void);
 
 #ifdef __cplusplus
 }

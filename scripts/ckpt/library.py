@@ -84,6 +84,7 @@ SIGNATURES = {
                                              ctypes.POINTER(ctypes.c_ulonglong)]),
     "ckpt_rng_reset": (ctypes.c_int, []),
     "ckpt_rng_model_parallel_seed": (ctypes.c_int, [ctypes.c_ulonglong, ctypes.c_int]),
+    "ckpt_python_loaded": (ctypes.c_int, []),
 }
 
 
