@@ -13,11 +13,16 @@
 #include "state.h"
 #include "store.h"
 #include "streams.h"
+#include "submit.h"
 
-/* Lazy initialisation; in a fork()ed child libckpt keeps its hands off. */
+/* Lazy initialisation; in a fork()ed child libckpt keeps its hands off.
+ * While a capture is active, the calling thread is in relaxed capture mode
+ * for libckpt's own driver calls (an event query from it must not invalidate
+ * a program's global-mode capture) and back in its own mode on return. */
 #define API_ENTER() \
   ckpt_init(); \
-  if (ckpt_g.forked) return CKPT_EDISABLED
+  if (ckpt_g.forked) return CKPT_EDISABLED; \
+  CKPT_RELAXED_SCOPE()
 
 /* Samples device usage from the driver (torch's pool counters do not see our
  * mappings). Cheap; at region boundaries. */

@@ -64,6 +64,11 @@ static void queue_remove(struct job *j) {
   if (queue_tail == j) queue_tail = prev;
 }
 
+static void roll_back(CUresult *rc, int n) {
+  for (int i = 0; i < n; i++)
+    if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
+}
+
 /* One round of the engine (see the top of the file). Lock held. */
 #define BATCH 64
 static void engine_round(void) {
@@ -100,14 +105,11 @@ static void engine_round(void) {
   bool swaps = false;
   for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && ckpt_copies_swap(batch[i]);
   if (!target->gate_owner && swaps) gate_job(target);
-  if (target->gate_failed && swaps) {
-    /* Roll the batch back (its copies are complete): offloads keep their
-     * data on the device, restores leave it host-backed (retried later). */
-    CKPT_WARN_ONCE("a stream could not be held at libckpt's gate: swaps are skipped (offloaded data stays "
-                   "on the device, restored data host-backed) until it can");
-    for (int i = 0; i < n; i++)
-      if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
-  }
+  /* No gate (a stream could not be held, a capture is active, the
+   * submission lock timed out; streams.c counts and says which): roll the
+   * batch back (its copies are complete): offloads keep their data on the
+   * device, restores leave it host-backed (retried later). */
+  if (target->gate_failed && swaps) roll_back(rc, n);
   /* Jobs queued before the target may hold gates closed after its: they are
    * swapped now, under the target's gate, and their gates opened with it. */
   struct job *also_open[BATCH];
@@ -122,9 +124,15 @@ static void engine_round(void) {
     stall_from = ckpt_now();
     if (!early) {
       UNLOCK();
-      ckpt_gate_wait(&target->gate);
+      bool reached = ckpt_gate_wait(&target->gate);
       LOCK();
       stall_from = ckpt_now();
+      /* An arrival did not come (a stream blocked on the host): pre-cut work
+       * may still run, so nothing is swapped; the gate opens below. */
+      if (!reached) {
+        ckpt_gate_timed_out();
+        roll_back(rc, n);
+      }
     }
   }
   for (int i = 0; i < n; i++) {
@@ -161,6 +169,10 @@ static void engine_round(void) {
 static void *engine_main(void *arg) {
   (void)arg;
   ckpt_in_lib = 1;
+  /* Its event queries and synchronisations must never invalidate a program's
+   * global-mode capture: relaxed mode on this thread for good. */
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  DRV(cuThreadExchangeStreamCaptureMode, &mode);
   LOCK();
   for (;;) {
     while (!queue_head && !engine_stop) pthread_cond_wait(&queue_cv, &ckpt_g.lock);
