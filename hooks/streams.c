@@ -225,6 +225,7 @@ static int refuse(struct ckpt_gate *g, int why) {
     ckpt_g.stats.swaps_deferred_capture++;
     CKPT_INFO("a stream capture is active on the device: swaps wait (rolled back, retried later)");
   } else if (why == CKPT_GATE_TIMEOUT) {
+    CKPT_INFO("the submission lock stayed taken past CKPT_GATE_TIMEOUT: no gate");
     ckpt_gate_timed_out();
   } else {
     CKPT_WARN_ONCE("a stream could not be held at libckpt's gate: swaps are skipped (offloaded data stays "
@@ -314,9 +315,9 @@ bool ckpt_gate_reached(struct ckpt_gate *g) {
   return true;
 }
 
-bool ckpt_gate_wait(struct ckpt_gate *g) {
+bool ckpt_gate_wait(struct ckpt_gate *g, int bounds) {
   struct timespec ts = {0, 0};
-  double t0 = ckpt_now(), limit = gate_timeout();
+  double t0 = ckpt_now(), limit = gate_timeout() * bounds;
   for (unsigned spin = 0; !ckpt_gate_reached(g); spin++) {
     if (ckpt_now() - t0 > limit) return false;
     ts.tv_nsec = spin < 7 ? 10000L << spin : 1000000L; /* 10 us doubling to 1 ms */
@@ -333,10 +334,18 @@ void ckpt_gate_timed_out(void) {
                  (long long)ckpt_param_int(CKPT_P_GATE_TIMEOUT));
 }
 
-void ckpt_gate_open(struct ckpt_gate *g) {
+void ckpt_gate_release(struct ckpt_gate *g) {
   if (slots) __atomic_store_n(&slots[g->slot], g->seq, __ATOMIC_RELEASE);
   slot_busy[g->slot] = false;
+}
+
+void ckpt_gate_forget(struct ckpt_gate *g) {
   free(g->reached);
   g->reached = NULL;
   g->n = 0;
+}
+
+void ckpt_gate_open(struct ckpt_gate *g) {
+  ckpt_gate_release(g);
+  ckpt_gate_forget(g);
 }

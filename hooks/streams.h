@@ -27,11 +27,15 @@ enum { CKPT_GATE_FAILED = -1, CKPT_GATE_DEFERRED = -2, CKPT_GATE_TIMEOUT = -3 };
  * lock stayed taken past CKPT_GATE_TIMEOUT (TIMEOUT). Counted and warned. */
 int ckpt_gate_close(int device, struct ckpt_gate *g);
 bool ckpt_gate_reached(struct ckpt_gate *g);
-/* Lock NOT held. Waits at most CKPT_GATE_TIMEOUT for every arrival; false
- * when one did not come (the caller rolls back, then counts: below). */
-bool ckpt_gate_wait(struct ckpt_gate *g);
+/* Lock NOT held. Waits at most `bounds` x CKPT_GATE_TIMEOUT for every
+ * arrival; false when one did not come (counted by ckpt_gate_timed_out). */
+bool ckpt_gate_wait(struct ckpt_gate *g, int bounds);
 void ckpt_gate_timed_out(void);
+/* Opens the gate: release (the held streams go on; the arrival words can
+ * still be awaited) + forget. */
 void ckpt_gate_open(struct ckpt_gate *g);
+void ckpt_gate_release(struct ckpt_gate *g);
+void ckpt_gate_forget(struct ckpt_gate *g);
 /* cuEventQuery; an error other than NOT_READY is counted and warned once. */
 CUresult ckpt_event_query(CUevent e);
 /* At exit: fence events and the gate page; false (nothing done) when a gate
