@@ -1,28 +1,22 @@
-/* Every exported ckpt_* function (include/ckpt.h). Each starts with the one
- * prologue (API_ENTER), checks its arguments, takes the core lock, and calls
- * the registry, the policy or the engine; the observers are told afterwards,
- * without the lock where observe.h says so. */
+/* Every exported ckpt_* function (include/ckpt.h) but the RNG ones (their
+ * half is api_rng.c). Each starts with the one prologue (API_ENTER, api.h),
+ * checks its arguments, takes the core lock, and calls the registry, the
+ * policy or the engine; the observers are told afterwards, without the lock
+ * where observe.h says so. */
 #include <string.h>
 
+#include "api.h"
 #include "arena.h"
 #include "check.h"
 #include "engine.h"
 #include "observe.h"
 #include "policy.h"
 #include "region.h"
+#include "rng.h"
 #include "state.h"
 #include "store.h"
 #include "streams.h"
 #include "submit.h"
-
-/* Lazy initialisation; in a fork()ed child libckpt keeps its hands off.
- * While a capture is active, the calling thread is in relaxed capture mode
- * for libckpt's own driver calls (an event query from it must not invalidate
- * a program's global-mode capture) and back in its own mode on return. */
-#define API_ENTER() \
-  ckpt_init(); \
-  if (ckpt_g.forked) return CKPT_EDISABLED; \
-  CKPT_RELAXED_SCOPE()
 
 /* Samples device usage from the driver (torch's pool counters do not see our
  * mappings). Cheap; at region boundaries. */
@@ -48,6 +42,7 @@ CKPT_API int ckpt_region_begin(const char *name) {
   LOCK();
   if (ckpt_policy_region_opening()) ckpt_trace(CKPT_T_STEP, 0, NULL, 0, 0, 0);
   ckpt_region_push(r);
+  rng_region_opened(r->id); /* records the cuRAND generators' states */
   ckpt_g.stats.regions_opened++;
   r->ns = ckpt_name_stats(r->name);
   if (r->ns) r->ns->regions++;
@@ -72,6 +67,7 @@ CKPT_API int ckpt_region_end(void) {
   }
   ckpt_g.stats.regions_closed++;
   int id = r->id;
+  rng_region_closed(id);
   IN_LIB_BEGIN();
   ckpt_policy_region_closed(r);
   ckpt_reap();

@@ -4,6 +4,7 @@
 
 #include "arena.h"
 #include "region.h"
+#include "rng.h"
 #include "state.h"
 
 #define NBUCKETS 1024
@@ -68,6 +69,7 @@ static void tree_free(struct region *r) {
     k = n;
   }
   hash_remove(r);
+  rng_region_retired(r->id); /* can no longer be recomputed: drop its RNG record */
   free(r);
 }
 

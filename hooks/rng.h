@@ -1,8 +1,11 @@
 /* rng: cuRAND generator tracking, region replay, and the named RNG states.
+ * (rng.c: real table, generators, hooks; rng_replay.c: region records and
+ * replay; rng_named.c: the named states; rng_state.h: what they share.)
  *
- * A core module on the base layer only (log.h); it reaches the real cuRAND
- * through its own function table, loaded with dlopen("libcurand.so.10"), so
- * libckpt's calls never re-enter the hooks. One mutex guards everything; a
+ * A core module on the base layer only (log.h, driver.h's real dlsym); it
+ * reaches the real cuRAND through its own function table, loaded with
+ * dlopen("libcurand.so.10") and the real dlsym, so libckpt's calls never
+ * re-enter the hooks. One mutex guards everything; a
  * hook costs the real call plus one lock and a short table scan.
  *
  * WHAT IS TRACKED. For each generator created through the hooks: type,
@@ -92,6 +95,10 @@
  * (the default state) and adds "model-parallel-rng" = seed + 2718 + tp_rank.
  *
  * OTHER RULES
+ *   - Locks: the rng mutex is taken inside the core lock (the region
+ *     registry's calls) and never takes it. It calls the real cuRAND while
+ *     held only from API calls, which run in-lib (api_rng.c): a driver call
+ *     cuRAND makes then passes straight to the driver, without the core lock.
  *   - A hook entered while another hook runs on the same thread (libcurand
  *     calling its own exported curand* through the PLT, which the preload
  *     interposes) passes straight to the real function: tracked once.
@@ -117,7 +124,9 @@
  *   curandGenerateBinomial(Method) -> rng_hook_generate_binomial(_method).
  * The region registry calls rng_region_opened(id) when a region opens,
  * rng_region_closed(id) when it closes, rng_region_retired(id) when it can
- * no longer be recomputed. tests/rng/shim.c is a working stand-in for both.
+ * no longer be recomputed. preload/curand.c holds the wrappers (rows CURAND
+ * of preload/hooked.def); api.c and region.c call the region functions;
+ * api_rng.c is the public API over the rest.
  *
  * Return codes are the CKPT_E* values of include/ckpt.h: 0 on success.
  */
@@ -133,8 +142,8 @@
 #define RNG_MODEL_PARALLEL_OFFSET 2718ull
 
 /* Loads the real cuRAND table. `resolve` (may be NULL) maps a curand* name to
- * the real function, for a preload that has its own real dlsym; NULL means
- * dlopen("libcurand.so.10") + dlsym on that handle. Called lazily by the
+ * the real function (tests); NULL means dlopen("libcurand.so.10") + the real
+ * dlsym (ckpt_real_dlsym) on that handle, never the preload's override. Called lazily by the
  * first hook; an explicit call must come before it. Returns 0, or
  * CKPT_EDRIVER when the library or a required symbol is missing. */
 int rng_load(void *(*resolve)(const char *name));

@@ -119,6 +119,79 @@ int ckpt_profile_set(int profile, int synchronize);
 /* Returns the mode in effect: "none", "host", "peer" or "peer+host". */
 const char *ckpt_mode(void);
 
+/* ---- random numbers: cuRAND replay and named RNG states ------------------
+ * libckpt intercepts the cuRAND host API (libcurand.so.10) and tracks each
+ * generator's seed and position. Replayable: generator types XORWOW
+ * (= PSEUDO_DEFAULT), MRG32K3A and PHILOX4_32_10, device or host, with the
+ * orderings PSEUDO_DEFAULT, PSEUDO_BEST and PSEUDO_LEGACY, while every call
+ * since the last curandSetGeneratorOffset moved the position by a known
+ * amount (README "Random numbers" has the table). Others are reported once
+ * and never touched. torch/flash-attention dropout does not use cuRAND: the
+ * Python package restores torch's Philox seed/offset for its recomputes. */
+
+/* Sets every replayable cuRAND generator (and the named RNG states) back to
+ * the state recorded when `region` opened, so that recomputing the region
+ * draws exactly the numbers its first forward drew. A generator created
+ * inside the region restarts from its state before its first draw.
+ * Returns 0; CKPT_ENOENT when the region has no record (never opened, or
+ * retired) or a generator it used was destroyed since (nothing is changed
+ * then); CKPT_ESTATE when a replay is already active; CKPT_EDRIVER when
+ * cuRAND refused a reset (everything is put back). Not replayable generators
+ * (see the README) are left alone, with one warning each. */
+int ckpt_region_replay_begin(int region);
+
+/* Puts every generator reset by ckpt_region_replay_begin, and the named RNG
+ * states, back where they were when it was called: the forward continues its
+ * own sequence as if no replay had happened. CKPT_ESTATE when no replay is
+ * active. */
+int ckpt_region_replay_end(void);
+
+/* ---- named RNG states (DeepSpeed's CudaRNGStatesTracker) ------------------ */
+
+/* Adds a named state seeded with `seed`. CKPT_EINVAL when the name is NULL,
+ * empty or 64 bytes or longer, or when the name or the seed was already
+ * added (the tracker refuses both, as the reference does). */
+int ckpt_rng_add(const char *name, unsigned long long seed);
+
+/* Switches every replayable cuRAND generator to the named state (NULL =
+ * "model-parallel-rng") until ckpt_rng_unfork. Forks nest (16 deep).
+ * CKPT_ENOENT when the name was never added. */
+int ckpt_rng_fork(const char *name);
+
+/* Leaves the innermost fork: the named state keeps the positions its
+ * generators reached, and they return to the outer state. CKPT_ESTATE when
+ * not forked. */
+int ckpt_rng_unfork(void);
+
+/* A copy of all named states (names, seeds, positions), for saving around a
+ * recompute the way the reference's get_states/set_states are used. */
+struct ckpt_rng_states;
+
+/* *out receives a new copy, to be freed with ckpt_rng_states_free. */
+int ckpt_rng_get_states(struct ckpt_rng_states **out);
+
+/* Replaces the named states with a copy of `states` (the set of seeds
+ * already added is kept, as the reference does). */
+int ckpt_rng_set_states(const struct ckpt_rng_states *states);
+
+void ckpt_rng_states_free(struct ckpt_rng_states *states);
+
+/* Number of named states in a copy (>= 0), and entry i's name (valid while
+ * the copy lives) and seed. */
+int ckpt_rng_states_count(const struct ckpt_rng_states *states);
+int ckpt_rng_states_entry(const struct ckpt_rng_states *states, int i, const char **name,
+                          unsigned long long *seed);
+
+/* Forgets every named state and seed (the reference's reset). */
+int ckpt_rng_reset(void);
+
+/* Model-parallel seeding: resets the tracker, puts every replayable cuRAND
+ * generator in the default state (seed `seed`, offset 0) and adds the state
+ * "model-parallel-rng" with seed seed + 2718 + tp_rank. CKPT_EINVAL for a
+ * negative tp_rank. */
+int ckpt_rng_model_parallel_seed(unsigned long long seed, int tp_rank);
+
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,6 +8,8 @@
 
 #include <cudaTypedefs.h>
 
+#include <curand.h>
+
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -22,9 +24,19 @@ enum hook_id {
   HOOK__COUNT
 };
 
-/* The real driver's function behind each hooked symbol, typed. */
+/* How a row expands depends on its library. CUDA: a typed real-function
+ * slot, filled from the driver table (or by cuGetProcAddress/dlsym answers).
+ * CURAND: no slot here; hooks/rng.c resolves the real cuRAND itself and the
+ * wrappers (preload/curand.c) call its hooks. */
+enum hook_lib { LIB_CUDA, LIB_CURAND };
+#define REAL_SLOT_CUDA(sym) __typeof__(sym) *sym;
+#define REAL_SLOT_CURAND(sym)
+#define REAL_REF_CUDA(sym) (void **)&real.sym
+#define REAL_REF_CURAND(sym) NULL
+
+/* The real driver's function behind each hooked driver symbol, typed. */
 static struct {
-#define CKPT_HOOK(sym, base, ver, ptsz, lib) __typeof__(sym) *sym;
+#define CKPT_HOOK(sym, base, ver, ptsz, lib) REAL_SLOT_##lib(sym)
 #define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) pfn sym;
 #include "hooked.def"
 #undef CKPT_SUBMIT
@@ -42,12 +54,13 @@ static struct {
 struct hook {
   const char *symbol, *base;
   int version, ptsz;
+  enum hook_lib lib;
   void *wrapper;
-  void **real_slot;
+  void **real_slot; /* NULL: resolved elsewhere (CURAND) */
 };
 static const struct hook hooks[HOOK__COUNT] = {
 #define CKPT_HOOK(sym, base, ver, ptsz, lib) \
-  [HOOK_##sym] = {#sym, #base, ver, ptsz, (void *)sym, (void **)&real.sym},
+  [HOOK_##sym] = {#sym, #base, ver, ptsz, LIB_##lib, (void *)sym, REAL_REF_##lib(sym)},
 #define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) CKPT_HOOK(sym, base, ver, ptsz, CUDA)
 #include "hooked.def"
 #undef CKPT_SUBMIT
@@ -57,7 +70,7 @@ static const struct hook hooks[HOOK__COUNT] = {
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 static void resolve_real(void) {
   for (int i = 0; i < HOOK__COUNT; i++)
-    *hooks[i].real_slot = ckpt_driver_sym(hooks[i].symbol);
+    if (hooks[i].lib == LIB_CUDA) *hooks[i].real_slot = ckpt_driver_sym(hooks[i].symbol);
 }
 
 /* First thing every wrapper does: lazy init, count, and the real pointer. */
@@ -209,7 +222,7 @@ static void *redirect(const char *name, int version, cuuint64_t flags, void *rea
   for (int pass = 0; pass < 2 && !best; pass++) {
     for (int i = 0; i < HOOK__COUNT; i++) {
       const struct hook *h = &hooks[i];
-      if (strcmp(h->base, name) != 0 || h->version > version) continue;
+      if (h->lib != LIB_CUDA || strcmp(h->base, name) != 0 || h->version > version) continue;
       if (pass == 0 && h->ptsz != want_ptsz) continue; /* pass 1: no such variant */
       if (!best || h->version > best->version) best = h;
     }
@@ -294,8 +307,9 @@ CKPT_API CKPT_NO_SANITIZE void *dlsym(void *handle, const char *name) {
   for (int i = 0; i < HOOK__COUNT; i++)
     if (strcmp(hooks[i].symbol, name) == 0) {
       /* A driver the program loaded itself may differ from ours: keep its
-       * function as the real one when we have none yet. */
-      if (!*hooks[i].real_slot) *hooks[i].real_slot = p;
+       * function as the real one when we have none yet. (cuRAND: the rng
+       * module resolves its own, from libcurand.so.10.) */
+      if (hooks[i].real_slot && !*hooks[i].real_slot) *hooks[i].real_slot = p;
       return hooks[i].wrapper;
     }
   return p;

@@ -54,6 +54,8 @@ from .rng import (  # noqa: F401  (re-exported, as DeepSpeed's module has them)
     device_manual_seed,
     get_cuda_rng_tracker,
 )
+from .rng import _mirror as _rng_mirror
+from .rng import mirror_off as _rng_mirror_off
 from .tensor_args import detach_variable, extract_tensors, merge_tensors  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -166,9 +168,13 @@ def model_parallel_cuda_manual_seed(seed: int) -> None:
     model_parallel_seed = seed + 2718 + tp_rank
     logger.info("ckpt: tensor-parallel rank %d: model-parallel seed %d, data-parallel seed %d",
                 tp_rank, model_parallel_seed, seed)
-    _CUDA_RNG_STATE_TRACKER.reset()
-    device_manual_seed(seed)
-    _CUDA_RNG_STATE_TRACKER.add(_MODEL_PARALLEL_RNG_TRACKER_NAME, model_parallel_seed)
+    with _rng_mirror_off():
+        _CUDA_RNG_STATE_TRACKER.reset()
+        device_manual_seed(seed)
+        _CUDA_RNG_STATE_TRACKER.add(_MODEL_PARALLEL_RNG_TRACKER_NAME, model_parallel_seed)
+    # libckpt's tracker too: its cuRAND generators take the default state
+    # (seed, offset 0) and the same "model-parallel-rng" state.
+    _rng_mirror("ckpt_rng_model_parallel_seed", seed, tp_rank)
 
 
 def model_parallel_reconfigure_tp_seed(seed: int) -> None:
@@ -472,8 +478,9 @@ class CheckpointFunction(torch.autograd.Function):
             ctx.save_for_backward(*tensors)
             ctx.non_tensor_args = others
             ctx.tensor_flags = flags
-            with torch.no_grad(), recompute.forward_region(call.name, call.active):
+            with torch.no_grad(), recompute.forward_region(call.name, call.active) as region_id:
                 outputs = run_function(*args)
+            ctx.region_id = region_id
         call.outputs = _flatten_outputs(outputs)
         returned = [o for o in call.outputs if torch.is_tensor(o)]
         ctx.mark_non_differentiable(*[t for t in returned if not t.is_floating_point()])
@@ -487,7 +494,8 @@ class CheckpointFunction(torch.autograd.Function):
             saved = ctx.saved_tensors
             recompute.restore_tensors(saved)
             inputs = merge_tensors(detach_variable(tuple(saved)), ctx.non_tensor_args, ctx.tensor_flags)
-            with recompute.recompute_scope(), ctx.rng.replay(), ctx.autocast.enter(), torch.enable_grad():
+            with recompute.recompute_scope(), ctx.rng.replay(), recompute.replay_region(ctx.region_id), \
+                    ctx.autocast.enter(), torch.enable_grad():
                 outputs = ctx.run_function(*inputs)
             recomputed = [o for o in _flatten_outputs(outputs) if torch.is_tensor(o)]
             pairs = [(o, g) for o, g in zip(recomputed, grads) if o.requires_grad]

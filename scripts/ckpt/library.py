@@ -73,6 +73,21 @@ SIGNATURES = {
     "ckpt_release_cached": (ctypes.c_int, []),
     "ckpt_stats_get": (ctypes.c_int, [ctypes.POINTER(CkptStats), ctypes.c_size_t]),
     "ckpt_mode": (ctypes.c_char_p, []),
+    # random numbers: cuRAND replay and the named RNG states (struct
+    # ckpt_rng_states is opaque: a void pointer here)
+    "ckpt_region_replay_begin": (ctypes.c_int, [ctypes.c_int]),
+    "ckpt_region_replay_end": (ctypes.c_int, []),
+    "ckpt_rng_add": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_ulonglong]),
+    "ckpt_rng_fork": (ctypes.c_int, [ctypes.c_char_p]),
+    "ckpt_rng_unfork": (ctypes.c_int, []),
+    "ckpt_rng_get_states": (ctypes.c_int, [ctypes.POINTER(ctypes.c_void_p)]),
+    "ckpt_rng_set_states": (ctypes.c_int, [ctypes.c_void_p]),
+    "ckpt_rng_states_free": (None, [ctypes.c_void_p]),
+    "ckpt_rng_states_count": (ctypes.c_int, [ctypes.c_void_p]),
+    "ckpt_rng_states_entry": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p),
+                                             ctypes.POINTER(ctypes.c_ulonglong)]),
+    "ckpt_rng_reset": (ctypes.c_int, []),
+    "ckpt_rng_model_parallel_seed": (ctypes.c_int, [ctypes.c_ulonglong, ctypes.c_int]),
 }
 
 

@@ -4,7 +4,8 @@ Shared by ckpt.checkpointing, the torch.utils.checkpoint patch and the module
 hooks. A checkpoint's forward runs inside a region, so what it allocates (its
 outputs: the next checkpoint's inputs) is tagged and offloaded once the next
 region has closed; its recompute first restores its inputs, which also makes
-libckpt prefetch the region before. None of this is done when it would be
+libckpt prefetch the region before, and runs with libckpt's cuRAND generators
+replayed (replay_region). None of this is done when it would be
 useless: without libckpt, without autograd recording, or inside a recompute
 (what a recompute allocates is consumed at once by the backward).
 
@@ -108,6 +109,31 @@ def forward_region(name: str, active: bool = True) -> Iterator[Optional[int]]:
         end_region(region_id)
 
 
+@contextlib.contextmanager
+def replay_region(region_id: Optional[int]) -> Iterator[None]:
+    """Runs a recompute of region `region_id` with libckpt's cuRAND generators (and
+    named RNG states) set back to where they were when the region opened, and
+    put back afterwards (ckpt_region_replay_begin/end). torch's own generators
+    are the RNG snapshot's business (Philox seed and offset, restored as they
+    are); this is for C/C++ code drawing through the cuRAND host API. Nothing
+    happens without libckpt or a region; a region libckpt no longer has a
+    record of (CKPT_ENOENT) recomputes without it."""
+    lib = library.get_or_none() if region_id is not None else None
+    begin = getattr(lib, "ckpt_region_replay_begin", None)
+    try:
+        rc = begin(region_id) if begin is not None else ENOENT
+    except RuntimeError:  # a libckpt older than this package: no RNG API
+        rc = ENOENT
+    if rc < 0 and rc not in (ENOENT, EDISABLED):
+        _warn_once(("replay", rc), f"ckpt_region_replay_begin({region_id}) returned {ERROR_NAMES.get(rc, rc)}: "
+                   "cuRAND draws of this recompute may differ from its forward")
+    try:
+        yield
+    finally:
+        if rc == 0:
+            lib.ckpt_region_replay_end()
+
+
 def _handle_restore(call: str, rc: int) -> None:
     if rc < 0 and rc not in (ENOENT, EDISABLED):
         _warn_once((call, rc), f"{call} returned {ERROR_NAMES.get(rc, rc)}: the data stays readable "
@@ -183,15 +209,17 @@ class RegionFunction:
         self.replay_rng = replay_rng
         self.calls = 0
         self.snapshot: Optional[RNGSnapshot] = None
+        self.region_id: Optional[int] = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         if self.calls == 1:
             if self.replay_rng:
                 self.snapshot = RNGSnapshot.capture(init_cuda=False)
-            with forward_region(self.name, self.active):
+            with forward_region(self.name, self.active) as region_id:
+                self.region_id = region_id
                 return self.fn(*args, **kwargs)
         restore_tensors(args, kwargs)
         replay = self.snapshot.replay() if self.snapshot is not None else contextlib.nullcontext()
-        with recompute_scope(), replay:
+        with recompute_scope(), replay, replay_region(self.region_id):
             return self.fn(*args, **kwargs)

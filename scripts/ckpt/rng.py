@@ -4,15 +4,26 @@ snapshots that make a recompute draw the same random numbers as its forward.
 "Device" RNG means the current CUDA device's generator. On a machine without
 CUDA it means the CPU generator, so the tracker and the tests behave the same
 there (DeepSpeed's would fail without an accelerator).
+
+When libckpt is in the process, the process-wide tracker is mirrored into
+libckpt's named RNG states (ckpt_rng_add/fork/unfork/reset), so C/C++ code in
+the same process that draws through the cuRAND host API follows the same
+forks. Python's behaviour is the reference: what libckpt answers never changes
+it (an unexpected code warns once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Dict, Iterator, Optional
+import threading
+import warnings
+from typing import Any, Dict, Iterator, Optional
 
 import torch
+
+from . import library
+from .errors import EDISABLED, ENOENT, ERROR_NAMES
 
 _MODEL_PARALLEL_RNG_TRACKER_NAME = "model-parallel-rng"
 
@@ -58,6 +69,48 @@ def device_manual_seed(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+# ---- the mirror into libckpt's named states ------------------------------------
+
+_mirror_local = threading.local()
+_mirror_warned: set = set()
+
+
+def _mirror(call: str, *args: Any) -> Optional[int]:
+    """lib.<call>(*args) when libckpt is loaded and mirroring is on; its code, or None."""
+    if getattr(_mirror_local, "off", 0):
+        return None
+    lib = library.get_or_none()
+    if lib is None:
+        return None
+    fn = getattr(lib, call, None)  # test doubles of the library may lack it
+    if fn is None:
+        return None
+    try:
+        rc = fn(*args)
+    except RuntimeError:  # a libckpt older than this package: no RNG API
+        return None
+    if rc is not None and rc < 0 and rc not in (ENOENT, EDISABLED) and call not in _mirror_warned:
+        _mirror_warned.add(call)
+        warnings.warn(f"ckpt: {call} returned {ERROR_NAMES.get(rc, rc)}: cuRAND generators in this process "
+                      "may not follow the RNG tracker", RuntimeWarning, stacklevel=3)
+    return rc
+
+
+@contextlib.contextmanager
+def mirror_off() -> Iterator[None]:
+    """The tracker calls in the body are not mirrored (model_parallel_cuda_manual_seed
+    makes one ckpt_rng_model_parallel_seed call instead)."""
+    _mirror_local.off = getattr(_mirror_local, "off", 0) + 1
+    try:
+        yield
+    finally:
+        _mirror_local.off -= 1
+
+
+def _name(name: str) -> bytes:
+    return name.encode("utf-8", "replace")
+
+
 class CudaRNGStatesTracker:
     """Named device-RNG states, so code can draw from a stream of its own and then
     return the default generator exactly where it was.
@@ -71,10 +124,15 @@ class CudaRNGStatesTracker:
         self.states_: Dict[str, torch.Tensor] = {}
         self.seeds_: set = set()
 
+    def _mirrored(self) -> bool:
+        return self is _CUDA_RNG_STATE_TRACKER
+
     def reset(self) -> None:
         """Forgets every state and seed."""
         self.states_ = {}
         self.seeds_ = set()
+        if self._mirrored():
+            _mirror("ckpt_rng_reset")
 
     def get_states(self) -> Dict[str, torch.Tensor]:
         """A copy of the name -> state map (the states themselves are not copied:
@@ -96,6 +154,8 @@ class CudaRNGStatesTracker:
         device_manual_seed(seed)
         self.states_[name] = get_device_rng_state()
         set_device_rng_state(saved)
+        if self._mirrored():
+            _mirror("ckpt_rng_add", _name(name), seed)
 
     @contextlib.contextmanager
     def fork(self, name: str = _MODEL_PARALLEL_RNG_TRACKER_NAME) -> Iterator[None]:
@@ -104,9 +164,13 @@ class CudaRNGStatesTracker:
             raise ValueError(f"cuda rng state {name} is not added")
         outer = get_device_rng_state()
         set_device_rng_state(self.states_[name])
+        # libckpt's named state: cuRAND generators fork along (0: it did).
+        c_forked = self._mirrored() and _mirror("ckpt_rng_fork", _name(name)) == 0
         try:
             yield
         finally:
+            if c_forked:
+                _mirror("ckpt_rng_unfork")
             self.states_[name] = get_device_rng_state()
             set_device_rng_state(outer)
 

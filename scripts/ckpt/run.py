@@ -25,8 +25,9 @@ Runs CMD with libckpt preloaded (LD_PRELOAD), the ckpt Python package loaded
 at interpreter start when CKPT_PATCH/CKPT_REGIONS ask for it, and a summary
 line printed when CMD exits (CKPT_STATS_AT_EXIT=1).
 
-  --sim             use the simulated driver (tests/simdev of a build tree)
-                    instead of the real one
+  --sim             use the simulated driver, NCCL and cuRAND (tests/simdev of a
+                    build tree: libcuda.so.1, libnccl.so.2, libcurand.so.10)
+                    instead of the real ones
   --mode MODE       CKPT_MODE: none, host, peer or peer+host (default: as set,
                     else host)
   --patch WHAT      CKPT_PATCH for Python programs: torch (default: every

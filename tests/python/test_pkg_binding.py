@@ -20,6 +20,7 @@ C_TYPES = {
     "int": ctypes.c_int,
     "size_t": ctypes.c_size_t,
     "uintptr_t": library.c_uintptr,
+    "unsigned long long": ctypes.c_ulonglong,
 }
 
 
@@ -57,18 +58,24 @@ def test_every_function_of_the_header_is_bound_with_its_types():
     for name, (ret, params) in declared.items():
         restype, argtypes = library.SIGNATURES[name]
         assert len(argtypes) == len(params), name
-        expected_ret = ctypes.c_char_p if ret == "constchar*" else C_TYPES[ret]
+        expected_ret = ctypes.c_char_p if ret == "constchar*" else None if ret == "void" else C_TYPES[ret]
         assert restype is expected_ret, name
         for param, argtype in zip(params, argtypes):
-            ctype = param.replace("const", "").split()[0]
-            if "*" in param and ctype == "char":
-                assert argtype is ctypes.c_char_p, name
-            elif "*" in param and ctype == "struct":
-                assert argtype is ctypes.POINTER(library.CkptStats), name
-            elif "*" in param:
-                assert argtype is ctypes.POINTER(C_TYPES[ctype]), name
-            else:
-                assert argtype is C_TYPES[ctype], name
+            assert argtype is expected_ctype(param), (name, param)
+
+
+def expected_ctype(param):
+    """The ctypes type a C parameter declaration binds to (opaque structs: void *)."""
+    stars = param.count("*")
+    words = param.replace("*", " ").replace("const", " ").split()[:-1]  # without the parameter name
+    if words[0] == "struct":
+        base = library.CkptStats if words[1] == "ckpt_stats" else None
+        ptr = ctypes.POINTER(base) if base is not None else ctypes.c_void_p
+        return ctypes.POINTER(ptr) if stars == 2 else ptr
+    if words == ["char"]:
+        return ctypes.POINTER(ctypes.c_char_p) if stars == 2 else ctypes.c_char_p
+    base = C_TYPES[" ".join(words)]
+    return ctypes.POINTER(base) if stars else base
 
 
 def test_error_and_residency_names_match_the_header():

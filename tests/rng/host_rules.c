@@ -7,7 +7,9 @@
  *
  *   LD_LIBRARY_PATH=/usr/local/cuda/lib64 build/tests/rng/rng_host_rules
  *
- * and against the test double in the test suite. Needs no CUDA driver.
+ * and against the test double in the test suite. Needs no CUDA driver. The
+ * preload's sources are linked in (tests/rng/meson.build): the curand*
+ * wrappers and ckpt_* it calls are libckpt's own, not a stand-in.
  *   rules    every generate function moves the position as rng.h says, for
  *            XORWOW, MRG32K3A, PHILOX4_32_10 x orderings DEFAULT, BEST, LEGACY;
  *            reseeding keeps the position; the tracker agrees
@@ -23,10 +25,6 @@
 
 #include "ckpt.h"
 #include "rng.h"
-#include "rng_api.h"
-
-int ckpt_region_begin(const char *name); /* tests/rng/shim.c */
-int ckpt_region_end(void);
 
 static int failures;
 #define CHECK(c, ...)                                         \

@@ -13,10 +13,14 @@
  *                           generators, against whatever libcurand.so.10 is
  *                           loaded (the GPU check: real cuRAND; the rules were
  *                           measured on host generators, tests/rng/host_rules.c)
+ *   rng_replay dlsym        dlopen("libcurand.so.10") + dlsym hands out the
+ *                           preload's wrappers, and a region drawn through them
+ *                           replays
  *
  * It uses only curand.h, cuda.h and the libckpt API, found with
- * dlsym(RTLD_DEFAULT): linked with tests/rng/shim.c today, under
- * LD_PRELOAD=libckpt.so once the preload wraps cuRAND. Scenarios that
+ * dlsym(RTLD_DEFAULT); it runs under LD_PRELOAD=libckpt.so (linked with
+ * libcurand and libcuda only: the simulated ones in the test suite, the real
+ * ones in tests/rng/gpu_check.sh). Scenarios that
  * compare with a run without replay run both in fork()ed children (before
  * any CUDA call) and compare what they wrote to shared memory.
  * Exit 0 = pass; every failure prints one line. */
@@ -229,7 +233,7 @@ static void s_replay(bool replay, char *out, size_t cap) {
     region[r] = ck.region_begin("layer");
     CHECK(region[r] > 0, "region_begin = %d", region[r]);
     for (int k = 0; k < NG; k++) mix(g[k], fwd + (r * NG + k) * SLOT);
-    CHECK(ck.region_end() == 0, "region_end");
+    CHECK(ck.region_end() == region[r], "region_end");
   }
   if (replay)
     for (int r = NR - 1; r >= 0; r--) { /* backward: recompute, newest first */
@@ -460,6 +464,40 @@ static int s_rules(void) {
   return failures != 0;
 }
 
+/* ---- dlsym: a program that loads cuRAND itself gets the wrappers. */
+static int s_dlsym(void) {
+  void *h = dlopen("libcurand.so.10", RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    FAIL("dlopen(libcurand.so.10): %s", dlerror());
+    return 1;
+  }
+  load();
+  context();
+  curandStatus_t (*create)(curandGenerator_t *, curandRngType_t) = (curandStatus_t(*)(curandGenerator_t *, curandRngType_t))dlsym(h, "curandCreateGenerator");
+  curandStatus_t (*uniform)(curandGenerator_t, float *, size_t) = (curandStatus_t(*)(curandGenerator_t, float *, size_t))dlsym(h, "curandGenerateUniform");
+  Dl_info info;
+  CHECK(create && uniform, "dlsym found no cuRAND function");
+  if (!create || !uniform) return 1;
+  CHECK(dladdr((void *)uniform, &info) && info.dli_fname && strstr(info.dli_fname, "libckpt"),
+        "dlsym(libcurand, curandGenerateUniform) is not libckpt's wrapper (%s)", info.dli_fname);
+  CHECK((void *)uniform == dlsym(RTLD_DEFAULT, "curandGenerateUniform"), "two different wrappers");
+  curandGenerator_t g = NULL;
+  CR(create(&g, CURAND_RNG_PSEUDO_PHILOX4_32_10));
+  float *fwd = (float *)dalloc(256 * 4), *re = (float *)dalloc(256 * 4);
+  int r = ck.region_begin("dlsym");
+  CR(uniform(g, fwd, 256));
+  CHECK(ck.region_end() == r, "region_end");
+  CHECK(ck.replay_begin(r) == 0, "replay_begin: a generator created through dlsym is not tracked");
+  CR(uniform(g, re, 256));
+  CHECK(ck.replay_end() == 0, "replay_end");
+  static float a[256], b[256];
+  fetch(a, (char *)fwd, sizeof a);
+  fetch(b, (char *)re, sizeof b);
+  CHECK(memcmp(a, b, sizeof a) == 0, "draws through dlsym'd wrappers not replayed");
+  CR(curandDestroyGenerator(g));
+  return failures != 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stderr, NULL, _IONBF, 0);
   const char *what = argc > 1 ? argv[1] : "";
@@ -471,8 +509,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(what, "fork_in_region")) rc = twice(s_fork_in_region, 2 * SLOT);
   else if (!strcmp(what, "tracker")) rc = s_tracker();
   else if (!strcmp(what, "rules")) rc = s_rules();
+  else if (!strcmp(what, "dlsym")) rc = s_dlsym();
   else {
-    fprintf(stderr, "usage: %s replay|inside|destroyed|unsupported|fork_in_region|tracker|rules\n", argv[0]);
+    fprintf(stderr, "usage: %s replay|inside|destroyed|unsupported|fork_in_region|tracker|rules|dlsym\n", argv[0]);
     return 2;
   }
   printf("%s: %s\n", what, rc ? "FAIL" : "ok");

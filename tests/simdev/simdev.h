@@ -17,7 +17,9 @@
  *                           blocked operation blocks every stream of its queue
  *   SIMDEV_STREAM_DELAY_US  sleep before each operation of every stream, pure waits
  *                           (cuStreamWaitEvent, stream barriers) excepted (default 0)
- *   SIMDEV_COPY_GBPS        copies take bytes / (rate * 1e9) seconds (default 0: no delay)
+ *   SIMDEV_COPY_GBPS        copies take bytes / (rate * 1e9) seconds (default 0: no delay);
+ *                           host<->device copies cross a link of one channel per
+ *                           direction at that rate (see simdev_link_stats)
  *   SIMDEV_FAIL             name:nth[:code][,...]: the nth call of an entry point
  *                           fails with code (default 2, CUDA_ERROR_OUT_OF_MEMORY);
  *                           nth '*' fails every call; code may be a number or a
@@ -52,6 +54,11 @@ size_t simdev_host_used(void);      /* host-located VMM memory */
  * or -1 for an unknown stream. A rate <= 0 turns the copy delay off. */
 int simdev_stream_set_delay_us(simdev_stream_t stream, unsigned us);
 void simdev_set_copy_gbps(double gbps);
+/* The link's use since start: per direction (0 device-to-host, 1
+ * host-to-device, 2 copies that do not cross it), the nanoseconds of transfer
+ * time reserved and the bytes moved. Either array may be NULL. A direction's
+ * channel serves one copy at a time, so busy[0] / wall time is its utilisation. */
+void simdev_link_stats(unsigned long long busy[3], unsigned long long bytes[3]);
 
 /* The sticky "illegal address" fault a worker records when an operation
  * touches memory without access. */

@@ -40,6 +40,9 @@ void sd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void sd_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t sd_now_ns(void);
 void sd_sleep_ns(uint64_t ns);
+/* A throttled copy crossing the simulated link (link.c): returns once its
+ * bytes have crossed, its direction's channel shared first come first served. */
+void sd_link_transfer(const void *dst, const void *src, size_t n, unsigned long long bytes_per_s);
 size_t sd_round_up(size_t n, size_t align); /* align: a power of two */
 
 /* ---- entry points: counting and fault injection (calls.c, procaddr.c) ---- */

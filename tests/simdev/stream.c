@@ -315,12 +315,8 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
     case SD_OP_HOSTFN:
         if (sticky)
             return; /* a faulted context runs no more work */
-        if (op->kind == SD_OP_COPY) {
-            /* The data lands at the end of the transfer time, as a reader racing it would see. */
-            unsigned long long rate = atomic_load(&copy_bytes_per_s);
-            if (rate)
-                sd_sleep_ns((uint64_t)((double)op->u.copy.n * 1e9 / (double)rate));
-        }
+        if (op->kind == SD_OP_COPY) /* the link: one channel per direction (link.c) */
+            sd_link_transfer(op->u.copy.dst, op->u.copy.src, op->u.copy.n, atomic_load(&copy_bytes_per_s));
         if (op->kind != SD_OP_HOSTFN) {
             const void *where = NULL;
             if (!access_ok(s, op, &where)) {

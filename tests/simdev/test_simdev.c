@@ -1523,6 +1523,53 @@ Test(knobs, copy_rate_delays_copies)
     cr_assert_lt(now_ms() - t0, 95.0);
 }
 
+/* The link (link.c): one channel per direction. Two device-to-host copies
+ * share theirs (together at least twice one's time: the aggregate never beats
+ * the rate), while a device-to-host and a host-to-device copy each get a
+ * channel (the busy accounting shows both channels used at once). */
+Test(knobs, copy_link_has_one_channel_per_direction)
+{
+    init();
+    enum { N = MiB };
+    void *h1, *h2;
+    CUdeviceptr d1, d2;
+    CUstream s1, s2;
+    CK(cuMemAllocHost_v2(&h1, N));
+    CK(cuMemAllocHost_v2(&h2, N));
+    CK(cuMemAlloc_v2(&d1, N));
+    CK(cuMemAlloc_v2(&d2, N));
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
+    unsigned long long busy0[3], bytes0[3], busy1[3], bytes1[3];
+    simdev_link_stats(busy0, bytes0);
+    simdev_set_copy_gbps(0.02); /* 20 MB/s: 1 MiB takes ~52 ms */
+    double t0 = now_ms();
+    CK(cuMemcpyDtoHAsync_v2(h1, d1, N, s1));
+    CK(cuMemcpyDtoHAsync_v2(h2, d2, N, s2));
+    CK(cuStreamSynchronize(s1));
+    CK(cuStreamSynchronize(s2));
+    double same = now_ms() - t0;
+    cr_assert_geq(same, 2 * 52.0 * 0.95, "two device-to-host copies overlapped on one channel: %.1f ms", same);
+    CK(cuMemcpyDtoHAsync_v2(h1, d1, N, s1));
+    CK(cuMemcpyHtoDAsync_v2(d2, h2, N, s2));
+    CK(cuStreamSynchronize(s1));
+    CK(cuStreamSynchronize(s2));
+    CK(cuMemcpyDtoDAsync_v2(d2, d1, N, s1)); /* crosses no link */
+    CK(cuStreamSynchronize(s1));
+    simdev_set_copy_gbps(0);
+    simdev_link_stats(busy1, bytes1);
+    cr_assert_eq(bytes1[0] - bytes0[0], 3ull * N, "device-to-host bytes");
+    cr_assert_eq(bytes1[1] - bytes0[1], 1ull * N, "host-to-device bytes");
+    cr_assert_eq(bytes1[2] - bytes0[2], 1ull * N, "device-to-device bytes");
+    cr_assert_geq(busy1[1] - busy0[1], 50000000ull, "the host-to-device channel was used");
+    CK(cuStreamDestroy_v2(s1));
+    CK(cuStreamDestroy_v2(s2));
+    CK(cuMemFreeHost(h1));
+    CK(cuMemFreeHost(h2));
+    CK(cuMemFree_v2(d1));
+    CK(cuMemFree_v2(d2));
+}
+
 Test(knobs, stream_delay_from_the_environment)
 {
     setenv("SIMDEV_STREAM_DELAY_US", "60000", 1);
