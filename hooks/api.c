@@ -16,6 +16,7 @@
 #include "state.h"
 #include "store.h"
 #include "streams.h"
+#include "submit.h"
 
 /* Samples device usage from the driver (torch's pool counters do not see our
  * mappings). Cheap; at region close always, at region open when tracing. */

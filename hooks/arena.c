@@ -13,6 +13,7 @@
 #include "state.h"
 #include "store.h"
 #include "streams.h"
+#include "submit.h"
 #include "vmm.h"
 
 /* ---- live index: sorted by va, for interior-pointer look-ups ------------- */
@@ -234,6 +235,14 @@ fail:
   return r;
 }
 
+/* Under stream capture an allocation becomes a graph node whose address is
+ * fixed across replays: not libckpt's to tag. Asked only on the would-be-tagged path. */
+static bool captured(CUstream stream) {
+  if (!ckpt_stream_capturing(stream)) return false;
+  __atomic_add_fetch(&ckpt_g.hot.captured_allocs, 1, __ATOMIC_RELAXED);
+  return true;
+}
+
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
   if (!ckpt_g.tagging || bytes < min_bytes || ckpt_in_lib) return false;
   if (__atomic_load_n(&ckpt_g.tag_off, __ATOMIC_RELAXED)) return false;
@@ -243,6 +252,8 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
   if (DRV(cuCtxGetCurrent, &ctx) != CUDA_SUCCESS || !ctx || DRV(cuCtxGetDevice, &dev) != CUDA_SUCCESS)
     return false; /* let the driver report the missing context */
   stream = norm_stream(stream);
+  if (captured(stream)) return false;
+  CKPT_RELAXED_SCOPE(); /* its event queries must not invalidate a global capture */
   IN_LIB_BEGIN();
   LOCK();
   struct region *r = ckpt_g.open;
@@ -290,6 +301,7 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
       }
       ckpt_region_attach(r, t);
       ckpt_note_stream(stream, dev);
+      __atomic_store_n(&ckpt_gating, 1, __ATOMIC_RELAXED); /* submissions take the shared lock from now on */
       ckpt_g.stats.tagged_allocs++;
       ckpt_g.stats.tagged_allocs_live++;
       ckpt_g.stats.tagged_bytes_live += bytes;

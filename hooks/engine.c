@@ -64,6 +64,48 @@ static void queue_remove(struct job *j) {
   if (queue_tail == j) queue_tail = prev;
 }
 
+static void roll_back(CUresult *rc, int n) {
+  for (int i = 0; i < n; i++)
+    if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
+}
+
+/* Waits (lock released) for every arrival at target's gate. A held stream
+ * that does not arrive within CKPT_GATE_TIMEOUT is busy with long work from
+ * before the cut or blocked on the host: the batch's gates open at once (no
+ * stream stays held, so nothing the host waits for is stuck behind them),
+ * then the late arrivals are awaited with nothing held, and a new gate is
+ * closed; after RETRIES, or when the late arrivals do not come within
+ * LATE x the bound (blocked), false: the caller rolls the batch back. */
+#define RETRIES 3
+#define LATE 20
+static bool await_gate(struct job *target, struct job **also_open, int *nopen) {
+  for (int attempt = 0;; attempt++) {
+    UNLOCK();
+    bool reached = ckpt_gate_wait(&target->gate, 1);
+    LOCK();
+    if (reached) return true;
+    CKPT_INFO("gate %u: a held stream did not arrive within CKPT_GATE_TIMEOUT", target->gate.seq);
+    ckpt_gate_timed_out();
+    for (int i = 0; i < *nopen; i++) ckpt_gate_open(&also_open[i]->gate);
+    *nopen = 0;
+    ckpt_gate_release(&target->gate); /* open; its arrival words still watched */
+    UNLOCK();
+    bool late = ckpt_gate_wait(&target->gate, LATE);
+    LOCK();
+    ckpt_gate_forget(&target->gate);
+    target->gated = false;
+    if (!late || attempt + 1 == RETRIES) return false;
+    CUcontext saved = NULL;
+    DRV(cuCtxGetCurrent, &saved);
+    if (saved != target->ctx) DRV(cuCtxSetCurrent, target->ctx);
+    int g = ckpt_gate_close(target->device, &target->gate);
+    if (saved != target->ctx) DRV(cuCtxSetCurrent, saved);
+    target->gated = g > 0;
+    if (g == 0) return true; /* no gates at all now: the policy's order, as without them */
+    if (g < 0) return false;
+  }
+}
+
 /* One round of the engine (see the top of the file). Lock held. */
 #define BATCH 64
 static void engine_round(void) {
@@ -100,14 +142,11 @@ static void engine_round(void) {
   bool swaps = false;
   for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && ckpt_copies_swap(batch[i]);
   if (!target->gate_owner && swaps) gate_job(target);
-  if (target->gate_failed && swaps) {
-    /* Roll the batch back (its copies are complete): offloads keep their
-     * data on the device, restores leave it host-backed (retried later). */
-    CKPT_WARN_ONCE("a stream could not be held at libckpt's gate: swaps are skipped (offloaded data stays "
-                   "on the device, restored data host-backed) until it can");
-    for (int i = 0; i < n; i++)
-      if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
-  }
+  /* No gate (a stream could not be held, a capture is active, the
+   * submission lock timed out; streams.c counts and says which): roll the
+   * batch back (its copies are complete): offloads keep their data on the
+   * device, restores leave it host-backed (retried later). */
+  if (target->gate_failed && swaps) roll_back(rc, n);
   /* Jobs queued before the target may hold gates closed after its: they are
    * swapped now, under the target's gate, and their gates opened with it. */
   struct job *also_open[BATCH];
@@ -118,14 +157,9 @@ static void engine_round(void) {
   }
   double stall_from = 0;
   if (target->gated) {
-    bool early = ckpt_gate_reached(&target->gate);
+    bool reached = ckpt_gate_reached(&target->gate) || await_gate(target, also_open, &nopen);
     stall_from = ckpt_now();
-    if (!early) {
-      UNLOCK();
-      ckpt_gate_wait(&target->gate);
-      LOCK();
-      stall_from = ckpt_now();
-    }
+    if (!reached) roll_back(rc, n); /* pre-cut work may still run: nothing is swapped */
   }
   for (int i = 0; i < n; i++) {
     struct job *b = batch[i];
@@ -161,6 +195,10 @@ static void engine_round(void) {
 static void *engine_main(void *arg) {
   (void)arg;
   ckpt_in_lib = 1;
+  /* Its event queries and synchronisations must never invalidate a program's
+   * global-mode capture: relaxed mode on this thread for good. */
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  DRV(cuThreadExchangeStreamCaptureMode, &mode);
   LOCK();
   for (;;) {
     while (!queue_head && !engine_stop) pthread_cond_wait(&queue_cv, &ckpt_g.lock);

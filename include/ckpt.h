@@ -102,6 +102,10 @@ struct ckpt_stats {
   uint64_t driver_errors;         /* failed driver calls libckpt made itself (logged or worked around) */
   uint64_t device_used_now;       /* from cuMemGetInfo, last sample */
   uint64_t device_used_peak;
+  uint64_t gate_timeouts;         /* gates opened without swapping: an arrival or the submission lock timed out */
+  uint64_t captured_allocs;       /* allocations on a capturing stream, passed through untagged */
+  uint64_t swaps_deferred_capture; /* gates refused (batch rolled back) while a capture was active on the device */
+  uint64_t streams_known;         /* streams libckpt fences and holds now (all devices) */
 };
 
 /* Copies up to `size` bytes of the stats into *out (pass sizeof(*out)). */

@@ -50,6 +50,10 @@ class CkptStats(ctypes.Structure):
         ("driver_errors", ctypes.c_uint64),
         ("device_used_now", ctypes.c_uint64),
         ("device_used_peak", ctypes.c_uint64),
+        ("gate_timeouts", ctypes.c_uint64),
+        ("captured_allocs", ctypes.c_uint64),
+        ("swaps_deferred_capture", ctypes.c_uint64),
+        ("streams_known", ctypes.c_uint64),
     ]
 
 
