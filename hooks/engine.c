@@ -101,7 +101,6 @@ static bool await_gate(struct job *target, struct job **also_open, int *nopen) {
     int g = ckpt_gate_close(target->device, &target->gate);
     if (saved != target->ctx) DRV(cuCtxSetCurrent, saved);
     target->gated = g > 0;
-    if (g == 0) return true; /* no gates at all now: the policy's order, as without them */
     if (g < 0) return false;
   }
 }

@@ -64,7 +64,9 @@ static bool gates_available(void) {
   CUresult r = pinned(GATE_SLOTS * sizeof(uint32_t), &slots, &slots_dptr);
   if (r == CUDA_SUCCESS && !ckpt_drv.cuStreamBatchMemOp_v2) r = CUDA_ERROR_NOT_FOUND;
   gates_ok = r == CUDA_SUCCESS;
-  if (!gates_ok) CKPT_WARN("stream gates unavailable (%s): swaps rely on the policy's ordering alone", ckpt_cu_name(r));
+  if (!gates_ok)
+    CKPT_WARN("stream gates unavailable (%s): a swap cannot be made safe against the program's kernels, so none is "
+              "made: survivors stay on the device (no memory saved)", ckpt_cu_name(r));
   return gates_ok;
 }
 
@@ -224,6 +226,8 @@ static int refuse(struct ckpt_gate *g, int why) {
   if (why == CKPT_GATE_DEFERRED) {
     ckpt_g.stats.swaps_deferred_capture++;
     CKPT_INFO("a stream capture is active on the device: swaps wait (rolled back, retried later)");
+  } else if (why == CKPT_GATE_NONE) {
+    /* said where it was decided (gates_available, the slot search) */
   } else if (why == CKPT_GATE_TIMEOUT) {
     CKPT_INFO("the submission lock stayed taken past CKPT_GATE_TIMEOUT: no gate");
     ckpt_gate_timed_out();
@@ -240,14 +244,16 @@ static int refuse(struct ckpt_gate *g, int why) {
 int ckpt_gate_close(int device, struct ckpt_gate *g) {
   g->n = 0;
   g->reached = NULL;
-  if (!gates_available()) return 0;
+  /* No gate, no swap: an unheld kernel touching the VA between unmap and map
+   * faults the context (hard-faults found it ungated under load). */
+  if (!gates_available()) return refuse(g, CKPT_GATE_NONE);
   if (ckpt_captures_active(device)) return refuse(g, CKPT_GATE_DEFERRED);
   int slot = -1;
   for (unsigned i = 0; i < GATE_SLOTS && slot < 0; i++)
     if (!slot_busy[(gate_seq + 1 + i) % GATE_SLOTS]) slot = (int)((gate_seq + 1 + i) % GATE_SLOTS);
   if (slot < 0) {
-    CKPT_WARN_ONCE("all %d stream gates are in use: a swap proceeds ungated", GATE_SLOTS);
-    return 0;
+    CKPT_WARN_ONCE("all %d stream gates are in use: swaps wait for one (rolled back, retried later)", GATE_SLOTS);
+    return refuse(g, CKPT_GATE_NONE);
   }
   int *held = malloc((size_t)(nstreams + 1) * sizeof *held), nheld = 0;
   g->reached = malloc((size_t)(nstreams + 1) * sizeof *g->reached);

@@ -19,12 +19,13 @@ struct ckpt_gate {
   uint32_t seq;
   volatile uint32_t **reached; /* per held stream: its arrival word (>= seq: arrived) */
 };
-enum { CKPT_GATE_FAILED = -1, CKPT_GATE_DEFERRED = -2, CKPT_GATE_TIMEOUT = -3 };
+enum { CKPT_GATE_FAILED = -1, CKPT_GATE_DEFERRED = -2, CKPT_GATE_TIMEOUT = -3, CKPT_GATE_NONE = -4 };
 /* The device's context current. 1: every program stream of the device is
- * held; 0: no gate (unavailable: swaps rely on the policy's order); < 0: no
- * stream is held and nothing may be swapped: a stream could not be held
- * (FAILED), a capture is active on the device (DEFERRED), or the submission
- * lock stayed taken past CKPT_GATE_TIMEOUT (TIMEOUT). Counted and warned. */
+ * held; < 0: no stream is held and nothing may be swapped: a stream could
+ * not be held (FAILED), a capture is active on the device (DEFERRED), the
+ * submission lock stayed taken past CKPT_GATE_TIMEOUT (TIMEOUT), or there is
+ * no gate to close (NONE: the driver cannot give the gate page, or every slot
+ * is in use). Never 0 any more: a swap without a gate can fault the context. */
 int ckpt_gate_close(int device, struct ckpt_gate *g);
 bool ckpt_gate_reached(struct ckpt_gate *g);
 /* Lock NOT held. Waits at most `bounds` x CKPT_GATE_TIMEOUT for every
