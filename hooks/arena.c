@@ -81,7 +81,7 @@ bool ckpt_release_for_oom(void) {
 
 /* ---- device memory ------------------------------------------------------ */
 
-size_t ckpt_granularity(int device) { return ckpt_vmm_granularity(device, CKPT_VMM_DEVICE); }
+size_t ckpt_granularity(int device) { return ckpt_vmm_granularity(device, CKPT_VMM_BOTH); }
 
 /* Device memory, making room when the driver says it has none: first our own
  * cache, then the stream-ordered pool (torch keeps freed memory there). */
@@ -212,19 +212,20 @@ void ckpt_reap(void) {
 
 static CUstream norm_stream(CUstream s) { return s ? s : CU_STREAM_LEGACY; }
 
-static CUresult talloc_create(int device, CUcontext ctx, size_t size, struct talloc **out) {
+static CUresult talloc_create(int device, CUcontext ctx, size_t size, ckpt_devmask access, struct talloc **out) {
   struct talloc *t = calloc(1, sizeof *t);
   if (!t) return CUDA_ERROR_OUT_OF_MEMORY;
   t->device = device;
   t->ctx = ctx;
   t->size = size;
+  t->access = access;
   CUresult r;
   unsigned undo = 0; /* what a failure undoes */
   CU_TRY_GOTO(ckpt_vmm_reserve(size, ckpt_granularity(device), &t->va), r, fail);
   undo = CKPT_VMM_FREE_VA;
   CU_TRY_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail);
   undo |= CKPT_VMM_RELEASE;
-  CU_TRY_GOTO(ckpt_vmm_map(t->va, size, t->dev, device), r, fail);
+  CU_TRY_GOTO(ckpt_vmm_map(t->va, size, t->dev, access), r, fail);
   undo |= CKPT_VMM_UNMAP;
   CU_TRY_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail);
   *out = t;
@@ -240,6 +241,17 @@ fail:
 static bool captured(CUstream stream) {
   if (!ckpt_stream_capturing(stream)) return false;
   __atomic_add_fetch(&ckpt_g.hot.captured_allocs, 1, __ATOMIC_RELAXED);
+  return true;
+}
+
+/* A cached mapping gets the access the pool grants now. */
+static bool regrant(struct talloc *t, ckpt_devmask access) {
+  CUresult r = ckpt_vmm_set_access(t->va, t->size, access, t->access & ~access);
+  if (r != CUDA_SUCCESS) {
+    CU_FAILED(cuMemSetAccess, r);
+    return false;
+  }
+  t->access = access;
   return true;
 }
 
@@ -262,12 +274,26 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
     ckpt_reap();
     size_t g = ckpt_granularity(dev);
     size_t size = (bytes + g - 1) / g * g;
+    /* Peers the program's pool grants can touch the tensor too (DESIGN:
+     * access is per mapping); asked at each tagged allocation, one query
+     * per other device. */
+    ckpt_devmask access = ckpt_vmm_pool_access(dev);
     struct talloc *t = cache_take(dev, size);
+    bool cached = t != NULL;
     if (!t) t = pending_take_same_stream(dev, size, stream);
+    if (t && t->access != access && !regrant(t, access)) { /* back where it was */
+      if (cached) {
+        cache_put(t);
+      } else {
+        t->next = pending;
+        pending = t;
+      }
+      t = NULL;
+    }
     if (t) {
       ckpt_g.stats.mapping_cache_hits++;
     } else {
-      CUresult cr = talloc_create(dev, ctx, size, &t);
+      CUresult cr = talloc_create(dev, ctx, size, access, &t);
       if (cr != CUDA_SUCCESS) {
         t = NULL;
         if (ckpt_cu_unsupported(cr)) {

@@ -114,6 +114,15 @@ static void engine_round(void) {
   do { /* until no restore closed a gate while we waited */
     g = first_gated(device);
     target = g ? g : queue_head;
+    /* Host room still being made (copy.h): wait for it with no gate closed. */
+    while (!g && !engine_stop && !ckpt_copies_resume(target)) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 1000000;
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&queue_cv, &ckpt_g.lock, &ts);
+      if ((g = first_gated(device))) target = g;
+    }
     UNLOCK();
     DRV(cuCtxSetCurrent, target->ctx);
     rc_target = DRV(cuEventSynchronize, target->done);
@@ -132,7 +141,10 @@ static void engine_round(void) {
   bool past_target = false;
   for (struct job *q = queue_head; q && n < BATCH; q = q->next) {
     if (q->device != device) continue;
-    if (past_target && (q->gate_owner || ckpt_event_query(q->done) != CUDA_SUCCESS)) break;
+    if (past_target && (q->gate_owner || !ckpt_copies_resume(q) || ckpt_event_query(q->done) != CUDA_SUCCESS))
+      break;
+    /* Late copies (copy.h) run behind later jobs': such a job waits its turn. */
+    if (!past_target && q != target && q->late && ckpt_event_query(q->done) != CUDA_SUCCESS) continue;
     /* Jobs before the target completed their copies before it (one copy stream). */
     rc[n] = q == target ? rc_target : ckpt_event_query(q->done);
     batch[n++] = q;
@@ -155,6 +167,7 @@ static void engine_round(void) {
     batch[i]->gate_owner = target; /* a restore must not gate them again */
   }
   double stall_from = 0;
+  bool stranded = false;
   if (target->gated) {
     bool reached = ckpt_gate_reached(&target->gate) || await_gate(target, also_open, &nopen);
     stall_from = ckpt_now();
@@ -166,9 +179,10 @@ static void engine_round(void) {
     if (rc[i] != CUDA_SUCCESS || DRV(cuEventElapsedTime_v2, &ms, b->start, b->done) != CUDA_SUCCESS) ms = 0;
     ckpt_g.stats.copy_seconds_total += ms / 1000.0;
     if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
-    ckpt_copies_apply(b, rc[i]);
+    stranded |= !ckpt_copies_apply(b, rc[i]);
     ckpt_copies_trace_end(b, (uint64_t)(ms * 1e6)); /* what was swapped, not what was copied */
   }
+  if (stranded) ckpt_copies_repair(batch, n); /* a VA maps nothing: the gate stays closed (copy.h) */
   for (int i = 0; i < nopen; i++) ckpt_gate_open(&also_open[i]->gate);
   if (target->gated) {
     ckpt_gate_open(&target->gate);

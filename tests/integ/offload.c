@@ -380,8 +380,8 @@ static void accounting(void) {
     ck.region_end(); /* offloads a */
     CHECK(ck.wait(a) == 0);
     size_t after = simdev_device_used(0);
-    CHECK(before - after == 3 * 2 * MiB, "step %d: dropped %zd bytes", step, (ssize_t)(before - after));
-    CHECK(ck_stats().device_bytes_released == 3 * 2 * MiB);
+    CHECK(before - after == 3 * tagged_granule(), "step %d: dropped %zd bytes", step, (ssize_t)(before - after));
+    CHECK(ck_stats().device_bytes_released == 3 * tagged_granule());
     CHECK(ck.restore(a) == 0);
     for (int i = 0; i < 3; i++) {
       if (step % 100 == 0) host_check(&x[i], "accounting");
