@@ -37,7 +37,7 @@ static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t grow_cv = PTHREAD_COND_INITIALIZER; /* work for the grower / it went idle */
 static struct host_block *blocks, *grow_head, **grow_tail = &grow_head;
 static uint64_t pool_bytes; /* made and being made */
-static bool grower_started, growing;
+static bool grower_started, growing, grower_stop;
 static pthread_t grower;
 
 static void publish_bytes(void) { ckpt_g.stats.host_pool_bytes = pool_bytes; } /* core lock held */
@@ -74,7 +74,8 @@ static void *grower_main(void *arg) {
   ckpt_in_lib = 1;
   pthread_mutex_lock(&pool_mu);
   for (;;) {
-    while (!grow_head) pthread_cond_wait(&grow_cv, &pool_mu);
+    while (!grow_head && !grower_stop) pthread_cond_wait(&grow_cv, &pool_mu);
+    if (!grow_head) break; /* stopped (host_release_idle) with nothing queued */
     struct host_block *b = grow_head;
     if (!(grow_head = b->gnext)) grow_tail = &grow_head;
     growing = true;
@@ -103,6 +104,7 @@ static void *grower_main(void *arg) {
     }
     pthread_cond_broadcast(&grow_cv);
   }
+  pthread_mutex_unlock(&pool_mu);
   return NULL;
 }
 
@@ -118,6 +120,10 @@ static struct host_block *block_get(int device, size_t size, struct ckpt_store_f
   if (pool_bytes + size > cap && !make_room(cap, size)) {
     fail->rc = CUDA_ERROR_OUT_OF_MEMORY;
     fail->capped = true;
+    return NULL;
+  }
+  if (grower_stop) { /* the grower is being stopped (host_release_idle): no growth now */
+    fail->rc = CUDA_ERROR_OUT_OF_MEMORY;
     return NULL;
   }
   struct host_block *b = calloc(1, sizeof *b);
@@ -210,10 +216,19 @@ static void host_drop(struct ckpt_held *h) {
   pthread_mutex_unlock(&pool_mu);
 }
 
-/* Waits for the grower to finish what it makes, then frees every idle block. */
+/* Waits for the grower to finish what it makes, stops it (a later block_get
+ * starts it again; joined, so exit leaves no thread behind), then frees every
+ * idle block. */
 static void host_release_idle(void) {
   pthread_mutex_lock(&pool_mu);
   while (grow_head || growing) pthread_cond_wait(&grow_cv, &pool_mu);
+  bool join = grower_started;
+  grower_stop = true;
+  pthread_cond_broadcast(&grow_cv);
+  pthread_mutex_unlock(&pool_mu);
+  if (join) pthread_join(grower, NULL);
+  pthread_mutex_lock(&pool_mu);
+  grower_started = grower_stop = false;
   make_room(0, 0);
   publish_bytes();
   pthread_mutex_unlock(&pool_mu);

@@ -151,7 +151,7 @@ static void blocked(void) {
   CHECK(st.gate_timeouts >= 1, "gate_timeouts %llu", (unsigned long long)st.gate_timeouts);
   CHECK(residency(x) == CKPT_DEVICE, "rolled back: residency %d", residency(x));
   CHECK(pattern_check((void *)x, n, 21) == 0);
-  *word = 1;
+  __atomic_store_n(word, 1, __ATOMIC_RELEASE); /* a stream waits on it */
   CU(cuStreamSynchronize(w));
   CHECK(ck.offload(a) == 0); /* retried: nothing blocks now */
   CHECK(ck.wait(a) == 0);
