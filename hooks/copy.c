@@ -15,24 +15,39 @@
 /* ---- per-device copy streams --------------------------------------------- */
 
 #define MAXDEV 64
-static CUstream copy_streams[MAXDEV];
+/* One per device and direction (JOB_TO_HOST, JOB_TO_DEVICE), so that offloads
+ * and restores run at the same time (PCIe carries both at full rate). Nothing
+ * orders one direction behind the other on the device; the order that
+ * matters is kept on the host: an item is restored only once its offload was
+ * applied (policy: never a busy item, so after its copy's `done` completed
+ * and its swap), and a store's room is dropped only after the copy out of it
+ * completed (ckpt_copies_apply runs after `done`). */
+static CUstream copy_streams[MAXDEV][2];
 
-static CUresult copy_stream(int device, CUstream *out) {
-  if (!copy_streams[device])
+static CUresult copy_stream(int device, int kind, CUstream *out) {
+  if (!copy_streams[device][kind])
     /* Non-blocking: the copy stream must not serialise with the legacy stream. */
-    CU_CHECK(DRV(cuStreamCreate, &copy_streams[device], CU_STREAM_NON_BLOCKING));
-  *out = copy_streams[device];
+    CU_CHECK(DRV(cuStreamCreate, &copy_streams[device][kind], CU_STREAM_NON_BLOCKING));
+  *out = copy_streams[device][kind];
   return CUDA_SUCCESS;
 }
 
-CUresult ckpt_copy_stream_sync(int device) { return DRV(cuStreamSynchronize, copy_streams[device]); }
+CUresult ckpt_copy_stream_sync(int device) {
+  CUresult rc = CUDA_SUCCESS;
+  for (int k = 0; k < 2; k++) {
+    CUresult r = copy_streams[device][k] ? DRV(cuStreamSynchronize, copy_streams[device][k]) : CUDA_SUCCESS;
+    if (r != CUDA_SUCCESS) rc = r;
+  }
+  return rc;
+}
 
 void ckpt_copy_streams_release(void) {
   for (int i = 0; i < MAXDEV; i++)
-    if (copy_streams[i]) {
-      DRV(cuStreamDestroy_v2, copy_streams[i]);
-      copy_streams[i] = NULL;
-    }
+    for (int k = 0; k < 2; k++)
+      if (copy_streams[i][k]) {
+        DRV(cuStreamDestroy_v2, copy_streams[i][k]);
+        copy_streams[i][k] = NULL;
+      }
 }
 
 /* Where offloaded bytes go: the host pool (peer partitioning: a second store). */
@@ -100,7 +115,7 @@ int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out
   struct talloc *first = items[0];
   CUstream copy;
   CUresult r;
-  CU_CHECK_GOTO(copy_stream(first->device, &copy), r, fail);
+  CU_CHECK_GOTO(copy_stream(first->device, j->kind, &copy), r, fail);
   CU_CHECK_GOTO(DRV(cuEventCreate, &j->start, CU_EVENT_DEFAULT), r, fail);
   CU_CHECK_GOTO(DRV(cuEventCreate, &j->done, CU_EVENT_BLOCKING_SYNC), r, fail_start);
   CU_CHECK_GOTO(ckpt_fence(copy, first->device), r, fail_start_done);
@@ -116,6 +131,7 @@ int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out
     t->state = j->kind == JOB_TO_HOST ? CKPT_OFFLOADING : CKPT_RESTORING;
     t->busy = true;
     j->bytes += t->req;
+    if (!t->held->pending) j->copied += t->req;
     j->items[j->n++] = t;
   }
   CU_CHECK_GOTO(DRV(cuEventRecord, j->done, copy), r, fail_items);
@@ -140,7 +156,7 @@ fail:
 bool ckpt_copies_resume(struct job *j) {
   if (j->kind != JOB_TO_HOST) return true;
   bool done = true, late = false, off = false;
-  CUstream copy = copy_streams[j->device];
+  CUstream copy = copy_streams[j->device][JOB_TO_HOST];
   DRV(cuCtxSetCurrent, j->ctx);
   for (int i = 0; i < j->n; i++) {
     struct talloc *t = j->items[i];
@@ -155,6 +171,7 @@ bool ckpt_copies_resume(struct job *j) {
     CUresult r = t->held->store->resume(t->held, t->va, t->req, copy, &f);
     if (r == CUDA_SUCCESS) {
       late = true;
+      j->copied += t->req;
     } else if (r == CUDA_ERROR_NOT_READY) {
       done = false;
     } else { /* the held is gone; t stays on the device (apply) */
@@ -165,7 +182,7 @@ bool ckpt_copies_resume(struct job *j) {
   }
   if (late) {
     j->late = true;
-    /* The job is complete once its late copies are (same copy stream). */
+    /* The job is complete once its late copies are (same copy stream: offloads'). */
     CUresult r = DRV(cuEventRecord, j->done, copy);
     if (r != CUDA_SUCCESS) { /* then the event proves nothing of them: wait here */
       CU_FAILED(cuEventRecord, r);

@@ -1,6 +1,6 @@
 /* The copies and the swaps of one job: a job's items are copied into a
  * backing store (offload) or out of it into fresh device memory (restore) on
- * the device's copy stream; once the copies are complete the engine applies
+ * the device's copy stream of its direction; once the copies are complete the engine applies
  * the job: each item's VA is remapped onto the memory now holding its data.
  * Copy first, swap after: at every instant the VA is mapped onto memory that
  * holds the data, so a reader that never asked for a restore reads correct
@@ -22,6 +22,7 @@ enum { JOB_TO_HOST, JOB_TO_DEVICE };
 struct job {
   int kind, device;
   uint64_t bytes;
+  uint64_t copied;          /* bytes whose copies were enqueued (not pending, not given back) */
   struct ckpt_gate gate;
   bool gated;               /* gate closed (by the engine or a restore) */
   bool gate_failed;         /* a stream could not be held: the job must not swap */
@@ -46,7 +47,7 @@ int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out
  * records j->done again after their copies. True when none is pending any
  * more; false: the engine waits (releasing the lock, gates open) and calls
  * it again. Items still pending when j is applied stay on the device. Late
- * copies run on the copy stream behind the copies (and fences) of jobs
+ * copies run on the offload copy stream behind the copies (and fences) of jobs
  * submitted after j: the engine never applies a `late` job before its
  * `done` has completed (it is not "complete because an older job is"). */
 bool ckpt_copies_resume(struct job *j);
@@ -72,7 +73,7 @@ void ckpt_copies_repair(struct job **jobs, int n);
 /* After ckpt_copies_apply: the job's CKPT_T_*_END trace record with the
  * bytes actually swapped (and a *_ROLLBACK record for items that were not). */
 void ckpt_copies_trace_end(const struct job *j, uint64_t copy_ns);
-/* Waits for the device's copy stream. */
+/* Waits for the device's copy streams (both directions). */
 CUresult ckpt_copy_stream_sync(int device);
 /* At exit, no job left: destroys the copy streams. */
 void ckpt_copy_streams_release(void);

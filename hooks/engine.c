@@ -22,6 +22,7 @@ static struct job *queue_head, *queue_tail;
 static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t settled_cv = PTHREAD_COND_INITIALIZER; /* a job finished (ckpt_engine_wait_settled) */
 static pthread_t engine;
+static double link_bytes[2], link_seconds[2]; /* per direction, lock held (ckpt_engine_link) */
 static bool engine_started, engine_stop;
 
 static void job_done(struct job *j) {
@@ -111,7 +112,7 @@ static void engine_round(void) {
   int device = queue_head->device;
   struct job *target = NULL, *g;
   CUresult rc_target = CUDA_SUCCESS;
-  do { /* until no restore closed a gate while we waited */
+  for (;;) { /* until no restore closed a gate while we waited */
     g = first_gated(device);
     target = g ? g : queue_head;
     /* Host room still being made (copy.h): wait for it with no gate closed. */
@@ -123,18 +124,35 @@ static void engine_round(void) {
       pthread_cond_timedwait(&queue_cv, &ckpt_g.lock, &ts);
       if ((g = first_gated(device))) target = g;
     }
+    /* Ungated, the head may be an offload on the other copy stream while a
+     * restore's gate closes behind it: poll, so that the consumer held at
+     * that gate waits for its own copies only (duplex), not for the head's. */
+    if (!g) {
+      DRV(cuCtxSetCurrent, target->ctx);
+      long wait_us = 20;
+      while (!engine_stop && ckpt_event_query(target->done) == CUDA_ERROR_NOT_READY && !first_gated(device)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += wait_us * 1000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&queue_cv, &ckpt_g.lock, &ts); /* ckpt_engine_gate_restores signals */
+        if (wait_us < 1000) wait_us *= 2;
+      }
+      if (first_gated(device)) continue;
+    }
     UNLOCK();
     DRV(cuCtxSetCurrent, target->ctx);
     rc_target = DRV(cuEventSynchronize, target->done);
-    /* An error here says nothing about the copies: wait for the copy stream
+    /* An error here says nothing about the copies: wait for the copy streams
      * before anything rolls back (and frees) memory they may still touch. */
     if (rc_target != CUDA_SUCCESS) {
-      CU_ERROR_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy stream instead",
+      CU_ERROR_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy streams instead",
                     ckpt_cu_name(rc_target));
       if (ckpt_copy_stream_sync(target->device) == CUDA_SUCCESS) rc_target = CUDA_SUCCESS;
     }
     LOCK();
-  } while (first_gated(device) != g && first_gated(device) != NULL && !g);
+    if (g || !first_gated(device)) break;
+  }
   struct job *batch[BATCH];
   CUresult rc[BATCH];
   int n = 0;
@@ -143,13 +161,19 @@ static void engine_round(void) {
     if (q->device != device) continue;
     if (past_target && (q->gate_owner || !ckpt_copies_resume(q) || ckpt_event_query(q->done) != CUDA_SUCCESS))
       break;
-    /* Late copies (copy.h) run behind later jobs': such a job waits its turn. */
-    if (!past_target && q != target && q->late && ckpt_event_query(q->done) != CUDA_SUCCESS) continue;
-    /* Jobs before the target completed their copies before it (one copy stream). */
+    /* A job before the target may still be copying: late copies (copy.h) run
+     * behind later jobs', and the other direction has its own copy stream.
+     * It waits its turn (rolling it back would free memory its copies touch),
+     * and so does one whose host room is still being made (its copies start
+     * once the room is there, instead of the offload being given up). */
+    if (!past_target && q != target && (!ckpt_copies_resume(q) || ckpt_event_query(q->done) != CUDA_SUCCESS))
+      continue;
     rc[n] = q == target ? rc_target : ckpt_event_query(q->done);
     batch[n++] = q;
     if (q == target) past_target = true;
   }
+  bool copied[BATCH]; /* the copies completed, whether or not they are swapped below */
+  for (int i = 0; i < n; i++) copied[i] = rc[i] == CUDA_SUCCESS;
   bool swaps = false;
   for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && ckpt_copies_swap(batch[i]);
   if (!target->gate_owner && swaps) gate_job(target);
@@ -176,9 +200,19 @@ static void engine_round(void) {
   for (int i = 0; i < n; i++) {
     struct job *b = batch[i];
     float ms = 0;
-    if (rc[i] != CUDA_SUCCESS || DRV(cuEventElapsedTime_v2, &ms, b->start, b->done) != CUDA_SUCCESS) ms = 0;
-    ckpt_g.stats.copy_seconds_total += ms / 1000.0;
-    if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
+    if (!copied[i] || DRV(cuEventElapsedTime_v2, &ms, b->start, b->done) != CUDA_SUCCESS) ms = 0;
+    /* The link's rate: copies that ran from start to done (late ones also
+     * waited for their room, after `start`), swapped or not. */
+    if (ms > 0 && b->copied && !b->late) {
+      link_bytes[b->kind] += (double)b->copied;
+      link_seconds[b->kind] += ms / 1000.0;
+      double gbps = link_bytes[b->kind] / link_seconds[b->kind] / 1e9;
+      *(b->kind == JOB_TO_HOST ? &ckpt_g.stats.budget_d2h_gbps : &ckpt_g.stats.budget_h2d_gbps) = gbps;
+    }
+    if (rc[i] == CUDA_SUCCESS) { /* the time of the copies that are swapped (or meant to be) */
+      ckpt_g.stats.copy_seconds_total += ms / 1000.0;
+      if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
+    }
     stranded |= !ckpt_copies_apply(b, rc[i]);
     ckpt_copies_trace_end(b, (uint64_t)(ms * 1e6)); /* what was swapped, not what was copied */
   }
@@ -316,5 +350,12 @@ bool ckpt_engine_gate_restores(struct region *top) {
       q->restore_gate = q->gated;
       ungated |= !q->gated;
     }
+  pthread_cond_signal(&queue_cv); /* an engine polling another job's copies serves this gate first */
   return ungated;
+}
+
+bool ckpt_engine_link(int kind, double *bytes, double *seconds) {
+  *bytes = link_bytes[kind];
+  *seconds = link_seconds[kind];
+  return link_seconds[kind] > 0 && link_bytes[kind] > 0;
 }

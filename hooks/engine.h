@@ -8,6 +8,10 @@
 struct region;
 struct talloc;
 
+/* Lock held: the bytes and seconds the copies of each direction (JOB_TO_HOST,
+ * JOB_TO_DEVICE) took in this run, from their events; false before any. */
+bool ckpt_engine_link(int kind, double *bytes, double *seconds);
+
 /* Starts the copies of `items` (all on one device) as one job of `kind`
  * (JOB_TO_HOST / JOB_TO_DEVICE, copy.h) for the tree `top` and queues it;
  * 0, or a negative CKPT_E* code. */

@@ -65,6 +65,12 @@ void ckpt_profile_restore(int region); /* backward reached this region */
 
 /* CKPT_PROFILE / CKPT_SYNC on or off (init, and ckpt_profile_set). */
 void ckpt_profile_init(bool profile, bool sync);
+/* CKPT_BUDGET=auto: measure as CKPT_PROFILE does whatever it says, for the
+ * policy (the profile's counters stay as CKPT_PROFILE has them). */
+void ckpt_profile_measure(void);
+/* Lock held: the mean forward and backward device time of regions named
+ * `name` measured so far (bwd 0 when none); false when no forward was. */
+bool ckpt_profile_compute(const char *name, double *fwd, double *bwd);
 /* The stream the calling thread launches work on (ckpt_set_stream): the
  * profile's events are recorded there; 0 = the legacy stream. */
 void ckpt_profile_set_stream(uintptr_t stream);

@@ -72,9 +72,13 @@ static int parse_enum(const char *list, const char *s, int64_t *out, char *canon
   }
 }
 
-static int parse_size(const char *s, int allow_auto, int64_t *out) {
+static int parse_size(const char *s, int allow_auto, int allow_off, int64_t *out) {
   if (allow_auto && strcasecmp(s, "auto") == 0) {
     *out = -1;
+    return 0;
+  }
+  if (allow_off && strcasecmp(s, "off") == 0) {
+    *out = -2;
     return 0;
   }
   if (!isdigit((unsigned char)*s)) return -1; /* rejects "-1" and "+1" too */
@@ -143,7 +147,7 @@ static int parse_value(ckpt_param_id id, const char *text, int64_t *ival, char *
   canon[n] = '\0';
   switch (param_types[id]) {
   case PT_ENUM: return parse_enum(row->accepted, canon, ival, canon);
-  case PT_SIZE: return parse_size(canon, has_word(row->accepted, "auto"), ival);
+  case PT_SIZE: return parse_size(canon, has_word(row->accepted, "auto"), has_word(row->accepted, "off"), ival);
   case PT_INT: return parse_int(row->accepted, canon, ival);
   case PT_BOOL: return parse_bool(canon, ival);
   default: return -1;

@@ -27,7 +27,7 @@ enum ckpt_offload_value { CKPT_OFFLOAD_AUTO, CKPT_OFFLOAD_MANUAL };
  * warns about invalid values and unknown CKPT_* variables. */
 void ckpt_params_load(void);
 
-/* INT value, SIZE bytes (-1 = auto), BOOL 0/1, ENUM index into its list. */
+/* INT value, SIZE bytes (-1 = auto, -2 = off), BOOL 0/1, ENUM index into its list. */
 int64_t ckpt_param_int(ckpt_param_id id);
 /* STRING value, ENUM canonical name as written in the table; for the other
  * types the text that was parsed (the default's text when unset or invalid). */

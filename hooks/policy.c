@@ -5,6 +5,7 @@
 #include "copy.h"
 #include "engine.h"
 #include "log.h"
+#include "observe.h"
 #include "params.h"
 #include "policy.h"
 #include "region.h"
@@ -17,10 +18,28 @@ static int ncycle, cap_cycle;
 static int offload_cursor;    /* cycle entries before it are offloaded */
 static bool cycle_restored;   /* a restore happened: the next top-level region starts a new cycle */
 
+/* CKPT_BUDGET. auto: a region's offload costs bytes / bandwidth of link time
+ * each way; the compute of the regions that close (forward) and run backward
+ * earns that time. A region is offloaded when the time earned and not yet
+ * spent covers its copies in both directions, otherwise it stays on the
+ * device: the link never carries more than the compute can hide. */
+static int budget_mode;
+static uint64_t budget_bytes;
+static double credit[2];     /* seconds of link time earned, not yet spent, per direction */
+static bool probe_sent;      /* auto: one offload sent to measure the link */
+#define HEADROOM 0.8         /* of the compute: gates, fences and jitter take the rest */
+#define CREDIT_REGIONS 8     /* time earned is kept for this many regions' compute at most */
+
 void ckpt_policy_init(void) {
   keep_last = (int)ckpt_param_int(CKPT_P_KEEP_LAST);
   prefetch = (int)ckpt_param_int(CKPT_P_PREFETCH);
   auto_offload = ckpt_param_int(CKPT_P_OFFLOAD) == CKPT_OFFLOAD_AUTO;
+  int64_t b = ckpt_param_int(CKPT_P_BUDGET);
+  budget_mode = b == -1 ? CKPT_BUDGET_AUTO : b == -2 ? CKPT_BUDGET_OFF : CKPT_BUDGET_BYTES;
+  budget_bytes = b >= 0 ? (uint64_t)b : 0;
+  ckpt_g.stats.budget_mode = (uint64_t)budget_mode;
+  ckpt_g.stats.budget_bytes = budget_bytes;
+  if (budget_mode == CKPT_BUDGET_AUTO) ckpt_profile_measure();
 }
 
 /* ---- region trees --------------------------------------------------------- */
@@ -63,6 +82,15 @@ static int tree_job(int kind, struct region *top) {
   return rc;
 }
 
+/* Device bytes held by a tree's survivors (not the persistent ones). */
+static uint64_t tree_device_bytes(const struct region *r) {
+  uint64_t n = 0;
+  for (const struct talloc *t = r->allocs; t; t = t->rnext)
+    if (t->state == CKPT_DEVICE && !t->keep) n += t->size;
+  for (const struct region *k = r->kids; k; k = k->sibling) n += tree_device_bytes(k);
+  return n;
+}
+
 static void cancel_offload(struct region *r) {
   for (struct talloc *t = r->allocs; t; t = t->rnext)
     if (t->state == CKPT_OFFLOADING) t->cancel = true;
@@ -100,9 +128,14 @@ static int prefetch_tree(struct region *top) {
 int ckpt_policy_prefetch(struct region *top) {
   int rc = prefetch_tree(top);
   int pos = top->cycle_pos;
-  for (int i = 1; pos >= 0 && i <= prefetch && pos - i >= 0; i++) {
+  for (int i = 1, n = 0; pos >= 0 && n < prefetch && pos - i >= 0; i++) {
+    /* Under a budget the regions it kept on the device need no copy: the
+     * fan-out counts offloaded ones, so that a restore longer than one
+     * region's backward starts early enough to hide. */
+    if (budget_mode != CKPT_BUDGET_OFF && !cycle[pos - i]->offloaded) continue;
     int r = prefetch_tree(cycle[pos - i]);
     if (r < 0 && rc == 0) rc = r;
+    n++;
   }
   return rc;
 }
@@ -131,6 +164,8 @@ static void cycle_end(struct region *top) {
 }
 
 void ckpt_policy_step(void) {
+  credit[0] = credit[1] = 0; /* the link is idle at the turn of the step: nothing carried over */
+  probe_sent = false;
   int n = ncycle;
   ncycle = 0;
   offload_cursor = 0;
@@ -183,13 +218,105 @@ static int cycle_push(struct region *r) {
   return 0;
 }
 
+/* ---- the budget ----------------------------------------------------------- */
+
+static void budget_kept(uint64_t bytes, int why) {
+  ckpt_g.stats.budget_why = (uint64_t)why;
+  ckpt_g.stats.budget_kept_regions++;
+  ckpt_g.stats.budget_kept_bytes += bytes;
+}
+
+/* The link bandwidth measured in this run, bytes per second; h2d as d2h
+ * until a restore was measured (a PCIe or C2C link is symmetric). */
+static bool link_rate(double rate[2]) {
+  double b, sec;
+  if (!ckpt_engine_link(JOB_TO_HOST, &b, &sec)) return false;
+  rate[JOB_TO_HOST] = b / sec;
+  rate[JOB_TO_DEVICE] = ckpt_engine_link(JOB_TO_DEVICE, &b, &sec) ? b / sec : rate[JOB_TO_HOST];
+  return true;
+}
+
+/* auto: region r closed: its compute (the mean of its name's) earns link
+ * time, forward for the offloads, backward for the restores. */
+static void budget_earn(const struct region *r) {
+  double fwd = 0, bwd = 0;
+  if (!ckpt_profile_compute(r->name, &fwd, &bwd)) return;
+  if (bwd <= 0) bwd = fwd; /* backward is no shorter than forward */
+  double earn[2] = {HEADROOM * fwd, HEADROOM * bwd};
+  for (int k = 0; k < 2; k++) {
+    credit[k] += earn[k];
+    if (credit[k] > CREDIT_REGIONS * earn[k]) credit[k] = CREDIT_REGIONS * earn[k];
+  }
+}
+
+/* auto: offload c if the time earned covers its copies both ways (spent
+ * then), else keep it on the device. */
+static void budget_auto(struct region *c) {
+  double rate[2], fwd = 0, bwd = 0;
+  uint64_t bytes = tree_device_bytes(c);
+  if (!bytes) return;
+  bool timed = ckpt_profile_compute(c->name, &fwd, &bwd);
+  if (!link_rate(rate) || !timed) {
+    /* Not measured yet: one offload a step measures the link, the rest waits. */
+    if (!probe_sent && !link_rate(rate)) {
+      probe_sent = true;
+      ckpt_g.stats.budget_why = CKPT_BUDGET_WHY_MEASURING;
+      ckpt_policy_offload(c);
+    } else {
+      budget_kept(bytes, CKPT_BUDGET_WHY_MEASURING);
+    }
+    return;
+  }
+  double cost[2] = {(double)bytes / rate[0], (double)bytes / rate[1]};
+  ckpt_g.stats.budget_copy_ratio = fwd > 0 ? cost[0] / fwd : 0;
+  if (credit[0] >= cost[0] && credit[1] >= cost[1]) {
+    credit[0] -= cost[0];
+    credit[1] -= cost[1];
+    ckpt_g.stats.budget_why = CKPT_BUDGET_WHY_HIDDEN;
+    ckpt_policy_offload(c);
+  } else {
+    budget_kept(bytes, CKPT_BUDGET_WHY_LINK);
+  }
+}
+
+/* bytes: offload the oldest survivors until those on the device fit. */
+static void budget_fit(void) {
+  uint64_t held = 0;
+  for (int i = 0; i < ncycle; i++)
+    if (!cycle[i]->offloaded) held += tree_device_bytes(cycle[i]);
+  bool over = held > budget_bytes;
+  for (int i = 0; i < ncycle && held > budget_bytes; i++) {
+    struct region *c = cycle[i];
+    if (c->offloaded) continue;
+    uint64_t b = tree_device_bytes(c);
+    ckpt_policy_offload(c);
+    held -= b;
+  }
+  ckpt_g.stats.budget_survivor_bytes = held;
+  if (over) ckpt_g.stats.budget_why = CKPT_BUDGET_WHY_OVER;
+  else if (held) ckpt_g.stats.budget_why = CKPT_BUDGET_WHY_UNDER;
+}
+
 void ckpt_policy_region_closed(struct region *r) {
   if (r->parent) return;
   if (cycle_push(r) < 0) CKPT_WARN_ONCE("out of memory growing the region cycle");
   if (!auto_offload || ckpt_g.mode == CKPT_MODE_NONE) return;
-  /* Everything before the cursor has been offloaded: each close costs O(1). */
+  if (budget_mode == CKPT_BUDGET_BYTES) {
+    budget_fit(); /* the byte budget decides, not keep-last */
+    return;
+  }
+  if (budget_mode == CKPT_BUDGET_AUTO) budget_earn(r);
+  /* Everything before the cursor has been decided: each close costs O(1). */
   for (; offload_cursor <= r->cycle_pos - keep_last; offload_cursor++) {
     struct region *c = cycle[offload_cursor];
-    if (!c->offloaded) ckpt_policy_offload(c);
+    if (c->offloaded) continue;
+    if (budget_mode == CKPT_BUDGET_AUTO) budget_auto(c);
+    else ckpt_policy_offload(c);
+  }
+  if (budget_mode == CKPT_BUDGET_AUTO) {
+    uint64_t held = 0;
+    for (int i = 0; i < ncycle; i++)
+      if (!cycle[i]->offloaded) held += tree_device_bytes(cycle[i]);
+    ckpt_g.stats.budget_survivor_bytes = held;
   }
 }

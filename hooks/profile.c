@@ -34,6 +34,16 @@ struct interval {
 };
 
 static bool profile_on, sync_on;
+/* CKPT_BUDGET=auto measures forward and backward as CKPT_PROFILE does, for
+ * the policy, without publishing them as the profile. */
+static bool measure_on;
+#define MEASURED 256 /* names whose compute time the policy can ask for */
+static struct {           /* under the core lock */
+  char name[48];
+  uint64_t nfwd, nbwd;
+  double fwd, bwd;       /* seconds, summed */
+} measured[MEASURED];
+static int nmeasured;
 static __thread CUstream declared_stream; /* ckpt_set_stream; 0 = the legacy stream */
 static pthread_mutex_t profile_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct interval open_fwd[MAX_OPEN];
@@ -55,10 +65,39 @@ void ckpt_profile_init(bool profile, bool sync) {
   __atomic_store_n(&sync_on, sync, __ATOMIC_RELAXED);
 }
 
+void ckpt_profile_measure(void) { __atomic_store_n(&measure_on, true, __ATOMIC_RELAXED); }
+
+static bool measuring(void) {
+  return __atomic_load_n(&profile_on, __ATOMIC_RELAXED) || __atomic_load_n(&measure_on, __ATOMIC_RELAXED);
+}
+
+/* Core lock held. */
+static void note_measured(const char *name, int kind, double seconds) {
+  int i = 0;
+  while (i < nmeasured && strcmp(measured[i].name, name)) i++;
+  if (i == nmeasured) {
+    if (nmeasured == MEASURED) return;
+    snprintf(measured[nmeasured++].name, sizeof measured[0].name, "%s", name);
+  }
+  if (kind == CKPT_T_FWD) measured[i].nfwd++, measured[i].fwd += seconds;
+  else measured[i].nbwd++, measured[i].bwd += seconds;
+}
+
+bool ckpt_profile_compute(const char *name, double *fwd, double *bwd) {
+  for (int i = 0; i < nmeasured; i++)
+    if (!strcmp(measured[i].name, name)) {
+      if (!measured[i].nfwd) return false;
+      *fwd = measured[i].fwd / (double)measured[i].nfwd;
+      *bwd = measured[i].nbwd ? measured[i].bwd / (double)measured[i].nbwd : 0;
+      return true;
+    }
+  return false;
+}
+
 void ckpt_profile_set_stream(uintptr_t stream) { declared_stream = (CUstream)stream; }
 
 void ckpt_profile_forked(void) {
-  profile_on = sync_on = false; /* events and contexts are the parent's */
+  profile_on = sync_on = measure_on = false; /* events and contexts are the parent's */
   pthread_mutex_init(&profile_mu, NULL);
 }
 
@@ -120,15 +159,17 @@ static void resolve_and_unlock(void) {
     mark_put(&p->b);
   }
   npending = k;
+  bool publish = __atomic_load_n(&profile_on, __ATOMIC_RELAXED);
   if (ndone) {
     LOCK();
     for (int i = 0; i < ndone; i++) {
-      struct ckpt_name_stats *s = ckpt_name_stats(done[i].name);
+      note_measured(done[i].name, done[i].kind, (double)ns[i] * 1e-9);
+      struct ckpt_name_stats *s = publish ? ckpt_name_stats(done[i].name) : NULL;
       if (s && done[i].kind == CKPT_T_FWD) s->fwd_seconds += (double)ns[i] * 1e-9;
       else if (s) s->bwd_seconds += (double)ns[i] * 1e-9;
     }
     UNLOCK();
-    for (int i = 0; i < ndone; i++) ckpt_trace(done[i].kind, done[i].region, NULL, 0, 0, ns[i]);
+    for (int i = 0; publish && i < ndone; i++) ckpt_trace(done[i].kind, done[i].region, NULL, 0, 0, ns[i]);
   }
   pthread_mutex_unlock(&profile_mu);
 }
@@ -150,7 +191,7 @@ static void add_pending(int kind, int region, const char *name, struct mark *a, 
 
 void ckpt_profile_begin(int region, const char *name) {
   if (__atomic_load_n(&sync_on, __ATOMIC_RELAXED)) synchronize();
-  if (!__atomic_load_n(&profile_on, __ATOMIC_RELAXED) || region <= 0) return;
+  if (!measuring() || region <= 0) return;
   pthread_mutex_lock(&profile_mu);
   recent[region % RECENT].id = region;
   snprintf(recent[region % RECENT].name, sizeof recent[0].name, "%s", name ? name : "");
@@ -167,7 +208,7 @@ void ckpt_profile_begin(int region, const char *name) {
 
 void ckpt_profile_end(int region) {
   if (__atomic_load_n(&sync_on, __ATOMIC_RELAXED)) synchronize();
-  if (!__atomic_load_n(&profile_on, __ATOMIC_RELAXED)) return;
+  if (!measuring()) return;
   pthread_mutex_lock(&profile_mu);
   int i = nopen - 1;
   while (i >= 0 && open_fwd[i].region != region) i--;
@@ -184,7 +225,7 @@ void ckpt_profile_end(int region) {
 
 void ckpt_profile_restore(int region) {
   if (__atomic_load_n(&sync_on, __ATOMIC_RELAXED)) synchronize();
-  if (!__atomic_load_n(&profile_on, __ATOMIC_RELAXED)) return;
+  if (!measuring()) return;
   pthread_mutex_lock(&profile_mu);
   struct mark now;
   if (mark_now(&now)) {

@@ -106,6 +106,28 @@ struct ckpt_stats {
   uint64_t captured_allocs;       /* allocations on a capturing stream, passed through untagged */
   uint64_t swaps_deferred_capture; /* gates refused (batch rolled back) while a capture was active on the device */
   uint64_t streams_known;         /* streams libckpt fences and holds now (all devices) */
+  /* CKPT_BUDGET: what the budget chose last and why (CKPT_BUDGET_WHY_*). */
+  uint64_t budget_mode;           /* CKPT_BUDGET_OFF, _AUTO, _BYTES */
+  uint64_t budget_bytes;          /* CKPT_BUDGET=<bytes>; 0 otherwise */
+  uint64_t budget_why;            /* the reason of the last decision */
+  uint64_t budget_kept_regions;   /* region trees the budget kept on the device (total) */
+  uint64_t budget_kept_bytes;     /* their survivors' device bytes (total) */
+  uint64_t budget_survivor_bytes; /* device bytes held by closed regions' survivors after the last decision */
+  double budget_d2h_gbps;         /* copy bandwidth measured in this run (any budget), device to host (0: not yet) */
+  double budget_h2d_gbps;         /* host to device */
+  double budget_copy_ratio;       /* auto: copy time / compute time of the last region decided (0: unknown) */
+};
+
+/* stats.budget_mode */
+enum { CKPT_BUDGET_OFF = 0, CKPT_BUDGET_AUTO = 1, CKPT_BUDGET_BYTES = 2 };
+/* stats.budget_why */
+enum {
+  CKPT_BUDGET_WHY_NONE = 0,      /* off, or nothing decided yet */
+  CKPT_BUDGET_WHY_MEASURING = 1, /* auto: the link or the region's compute not measured yet */
+  CKPT_BUDGET_WHY_HIDDEN = 2,    /* auto: the copies hide behind the compute: offloaded */
+  CKPT_BUDGET_WHY_LINK = 3,      /* auto: the copies would not hide: kept on the device */
+  CKPT_BUDGET_WHY_OVER = 4,      /* bytes: survivors over the budget: offloaded */
+  CKPT_BUDGET_WHY_UNDER = 5,     /* bytes: survivors under the budget: kept on the device */
 };
 
 /* Copies up to `size` bytes of the stats into *out (pass sizeof(*out)). */

@@ -51,11 +51,20 @@ static double median_ns(void (*fn)(CUstream, int), CUstream s, int n) {
 
 static __typeof__(cuStreamSynchronize) *sync_stream;
 
+/* One call each, never inlined: callgrind's inclusive cost of these is the
+ * cost of one intercepted call (scripts/bench/hook-overhead --callgrind). */
+__attribute__((noinline, used)) CUresult small_alloc(CUdeviceptr *p, CUstream s) { return alloc_async(p, 256, s); }
+__attribute__((noinline, used)) CUresult small_free(CUdeviceptr p, CUstream s) { return free_async(p, s); }
+__attribute__((noinline, used)) CUresult tagged_alloc(CUdeviceptr *p, CUstream s) {
+  return alloc_async(p, 8 << 20, s);
+}
+__attribute__((noinline, used)) CUresult tagged_free(CUdeviceptr p, CUstream s) { return free_async(p, s); }
+
 static void small_pairs(CUstream s, int n) {
   for (int i = 0; i < n; i++) {
     CUdeviceptr p;
-    CU(alloc_async(&p, 256, s));
-    CU(free_async(p, s));
+    CU(small_alloc(&p, s));
+    CU(small_free(p, s));
     if (i % 64 == 63) CU(sync_stream(s));
   }
 }
@@ -66,8 +75,8 @@ static void tagged_pairs(CUstream s, int n) {
   if (region_begin) region_begin("bench");
   for (int i = 0; i < n; i++) {
     CUdeviceptr p;
-    CU(alloc_async(&p, 8 << 20, s));
-    CU(free_async(p, s));
+    CU(tagged_alloc(&p, s));
+    CU(tagged_free(p, s));
     if (i % 64 == 63) CU(sync_stream(s));
   }
   if (region_end) region_end();

@@ -34,6 +34,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,7 @@ static struct {
   int (*step)(void);
   int (*wait)(int);
   int (*stats)(struct ckpt_stats *, size_t);
+  int (*set_stream)(uintptr_t);
 } ck;
 
 static CUstream s;
@@ -148,6 +150,7 @@ int main(int argc, char **argv) {
     *(void **)&ck.step = dlsym(RTLD_DEFAULT, "ckpt_step");
     *(void **)&ck.wait = dlsym(RTLD_DEFAULT, "ckpt_wait");
     *(void **)&ck.stats = dlsym(RTLD_DEFAULT, "ckpt_stats_get");
+    *(void **)&ck.set_stream = dlsym(RTLD_DEFAULT, "ckpt_set_stream");
   }
   CUdevice dev;
   CUcontext ctx;
@@ -156,6 +159,7 @@ int main(int argc, char **argv) {
   CU(cuDevicePrimaryCtxRetain(&ctx, dev));
   CU(cuCtxSetCurrent(ctx));
   CU(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  if (ck.set_stream) ck.set_stream((uintptr_t)s); /* as a framework declares its stream (CKPT_PROFILE, the budget) */
   for (int i = 0; i < MAXL; i++) CU(cuEventCreate(&evs[i], CU_EVENT_DISABLE_TIMING));
   CUmemoryPool pool;
   cuuint64_t keep = ~0ull;
@@ -168,8 +172,12 @@ int main(int argc, char **argv) {
   double best = 1e30, phase_best = 1e30, stall0 = 0, t_sum = 0;
   unsigned long long busy0[3], busy1[3], pbusy[2] = {0, 0};
   int measured = 0;
+  /* The first step also creates the host pool, and CKPT_BUDGET=auto measures
+   * the link and the compute in its first steps: steady state from step `warm`. */
+  int warm = getenv("BENCH_WARM_STEPS") ? atoi(getenv("BENCH_WARM_STEPS")) : 1;
+  if (warm < 1 || warm >= steps) warm = 1;
   for (int step = 0; step < steps; step++) {
-    if (step == 1) { /* the first step also creates the host pool: steady state from the second */
+    if (step == warm) {
       atomic_store(&peak, 0);
       struct ckpt_stats st;
       if (ck.stats && ck.stats(&st, sizeof st) == 0) stall0 = st.stall_seconds_total;
@@ -202,7 +210,7 @@ int main(int argc, char **argv) {
       CU(cuStreamSynchronize(s));
       double pdt = now() - p0;
       simdev_link_stats(b1, NULL);
-      if (step >= 1 && pdt < phase_best) {
+      if (step >= warm && pdt < phase_best) {
         phase_best = pdt;
         pbusy[0] = b1[0] - b0[0];
         pbusy[1] = b1[1] - b0[1];
@@ -212,7 +220,7 @@ int main(int argc, char **argv) {
     CU(cuStreamSynchronize(s));
     if (ck.step) ck.step();
     double dt = now() - t0;
-    if (step >= 1) {
+    if (step >= warm) {
       measured++;
       t_sum += dt;
       if (dt < best) best = dt;
@@ -222,15 +230,22 @@ int main(int argc, char **argv) {
   pthread_join(th, NULL);
   simdev_link_stats(busy1, NULL);
   double stall = 0;
-  struct ckpt_stats st;
+  struct ckpt_stats st = {0};
   if (ck.stats && ck.stats(&st, sizeof st) == 0) stall = (st.stall_seconds_total - stall0) / (measured ? measured : 1);
   double wall = t_sum > 0 ? t_sum : 1;
   double u_d2h = duplex ? pbusy[0] * 1e-9 / phase_best : (busy1[0] - busy0[0]) * 1e-9 / wall;
   double u_h2d = duplex ? pbusy[1] * 1e-9 / phase_best : (busy1[1] - busy0[1]) * 1e-9 / wall;
   size_t pk = atomic_load(&peak);
+  char budget[256] = "";
+  if (ck.stats && st.size >= offsetof(struct ckpt_stats, budget_copy_ratio) + sizeof st.budget_copy_ratio &&
+      st.budget_mode != CKPT_BUDGET_OFF)
+    snprintf(budget, sizeof budget,
+             ", \"budget\": {\"why\": %llu, \"kept_regions\": %llu, \"copy_ratio\": %.3f, \"d2h_gbps\": %.3f, "
+             "\"h2d_gbps\": %.3f}", (unsigned long long)st.budget_why, (unsigned long long)st.budget_kept_regions,
+             st.budget_copy_ratio, st.budget_d2h_gbps, st.budget_h2d_gbps);
   printf("{\"libckpt\": %s, \"mode\": \"%s\", \"layers\": %d, \"step_s\": %.6f, \"peak_bytes\": %zu, "
-         "\"stall_s\": %.6f, \"util_d2h\": %.4f, \"util_h2d\": %.4f, \"wrong_words\": %ld}\n",
+         "\"stall_s\": %.6f, \"util_d2h\": %.4f, \"util_h2d\": %.4f, \"wrong_words\": %ld, \"warm_steps\": %d%s}\n",
          ck.begin ? "true" : "false", argv[1], layers, best, pk > base ? pk - base : 0, stall, u_d2h, u_h2d,
-         atomic_load(&bad));
+         atomic_load(&bad), warm, budget);
   return atomic_load(&bad) ? 1 : 0;
 }

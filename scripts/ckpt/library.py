@@ -54,6 +54,15 @@ class CkptStats(ctypes.Structure):
         ("captured_allocs", ctypes.c_uint64),
         ("swaps_deferred_capture", ctypes.c_uint64),
         ("streams_known", ctypes.c_uint64),
+        ("budget_mode", ctypes.c_uint64),
+        ("budget_bytes", ctypes.c_uint64),
+        ("budget_why", ctypes.c_uint64),
+        ("budget_kept_regions", ctypes.c_uint64),
+        ("budget_kept_bytes", ctypes.c_uint64),
+        ("budget_survivor_bytes", ctypes.c_uint64),
+        ("budget_d2h_gbps", ctypes.c_double),
+        ("budget_h2d_gbps", ctypes.c_double),
+        ("budget_copy_ratio", ctypes.c_double),
     ]
 
 

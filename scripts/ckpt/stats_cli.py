@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from .stats_segment import SegmentError, clean_stale, list_segments, read_pid, stale_reason
+from .stats_segment import BUDGET_MODES, BUDGET_WHY, SegmentError, clean_stale, list_segments, read_pid, stale_reason
 from .stats_trace import TraceError, peak_note, plot, read_trace, summary
 from .symbols import Resolver
 
@@ -59,6 +59,31 @@ def table(rows, columns):
 
 # ---- one process -------------------------------------------------------------
 
+def budget_json(s):
+    """What CKPT_BUDGET chose and why; None-safe for a library without the fields."""
+    if "budget_mode" not in s:
+        return {"mode": "unknown", "bytes": None, "why": None, "kept_regions": 0, "kept_bytes": 0,
+                "survivor_bytes": 0, "d2h_gbps": None, "h2d_gbps": None, "copy_ratio": None}
+    mode = BUDGET_MODES.get(s["budget_mode"], "unknown")
+    return {"mode": mode, "bytes": s["budget_bytes"] if mode == "bytes" else None,
+            "why": "off: CKPT_KEEP_LAST decides" if mode == "off" else BUDGET_WHY.get(s["budget_why"], "unknown"),
+            "kept_regions": s["budget_kept_regions"], "kept_bytes": s["budget_kept_bytes"],
+            "survivor_bytes": s["budget_survivor_bytes"], "d2h_gbps": s["budget_d2h_gbps"] or None,
+            "h2d_gbps": s["budget_h2d_gbps"] or None, "copy_ratio": s["budget_copy_ratio"] or None}
+
+
+def budget_text(s):
+    b = budget_json(s)
+    if b["mode"] in ("off", "unknown"):
+        return f"  budget      {b['mode']}" + (" (CKPT_KEEP_LAST decides)" if b["mode"] == "off" else "")
+    what = "auto" if b["mode"] == "auto" else f"{human(b['bytes'])}"
+    link = (f"; link d2h {fmt_rate(b['d2h_gbps'])} GB/s, h2d {fmt_rate(b['h2d_gbps'])} GB/s"
+            if b["mode"] == "auto" else "")
+    ratio = f", copy/compute {b['copy_ratio']:.2f}" if b["copy_ratio"] else ""
+    return (f"  budget      {what}: {b['why']}; kept {b['kept_regions']} regions ({human(b['kept_bytes'])}), "
+            f"survivors on the device {human(b['survivor_bytes'])}{link}{ratio}")
+
+
 def segment_json(seg):
     s = seg.stats
     moved = s.get("offloaded_bytes_total", 0) + s.get("restored_bytes_total", 0)
@@ -69,7 +94,7 @@ def segment_json(seg):
             "start_time": h["start_realtime_ns"] / 1e9, "updated": seg.updated, "publishes": seg.publishes,
             "profile": seg.flags["profile"], "sync": seg.flags["sync"], "trace": seg.flags["trace"],
             "stats": s, "achieved_gbps": gbps(moved, s.get("copy_seconds_total", 0.0)), "regions": regions,
-            "call_sites": {"state": seg.stacks, "sites": seg.sites}}
+            "budget": budget_json(s), "call_sites": {"state": seg.stacks, "sites": seg.sites}}
 
 
 def segment_text(seg):
@@ -92,6 +117,7 @@ def segment_text(seg):
            f"  host pool   {human(s['host_pool_bytes'])} pinned, {human(s['host_bytes_in_use'])} in use; "
            f"full {s['host_pool_exhausted']} times",
            f"  errors      driver {s['driver_errors']}, restores without device memory {s['restore_oom']}",
+           budget_text(s),
            f"  hooked      {s['hooked_calls']} driver calls"]
     if seg.regions:
         rows = [[r["name"] or "(unnamed)", r["regions"], r["tagged_allocs"], human(r["tagged_bytes"]), r["offloads"],

@@ -48,6 +48,15 @@ _CTYPE_CODES = {ctypes.c_uint64: "Q", ctypes.c_double: "d"}
 STATS_FIELDS = [name for name, _ in CkptStats._fields_]
 STATS = struct.Struct("<" + "".join(_CTYPE_CODES[t] for _, t in CkptStats._fields_))
 
+# stats budget_mode / budget_why: the values of include/ckpt.h's budget enums
+BUDGET_MODES = {0: "off", 1: "auto", 2: "bytes"}
+BUDGET_WHY = {0: "nothing decided yet",
+              1: "measuring the link and the regions' compute (one offload a step until both are known)",
+              2: "the copies hide behind the compute: offloading",
+              3: "the copies would not hide behind the compute: keeping the rest on the device",
+              4: "survivors over the budget: offloading the oldest",
+              5: "survivors under the budget: kept on the device"}
+
 
 class SegmentError(Exception):
     """A segment that cannot be read: the message says why, in one line."""

@@ -100,8 +100,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (!strcmp(row->type, "BOOL")) {
       ASSERT(v == 0 || v == 1, "%s=%lld", row->name, (long long)v);
     } else if (!strcmp(row->type, "SIZE")) {
-      ASSERT(v >= -1, "%s=%lld", row->name, (long long)v);
+      ASSERT(v >= -2, "%s=%lld", row->name, (long long)v);
       ASSERT(v != -1 || strstr(row->accepted, "auto"), "%s auto without auto", row->name);
+      ASSERT(v != -2 || strstr(row->accepted, "off"), "%s off without off", row->name);
     } else {
       /* STRING / PATH: the value itself, or the default when unset/empty/too long. */
       if (raw && *raw && strlen(raw) < 4096) ASSERT(strcmp(s, raw) == 0, "%s='%s' read back as '%s'", row->name, raw, s);

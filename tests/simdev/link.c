@@ -26,6 +26,13 @@ static pthread_mutex_t link_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t channel_free_ns[2];       /* under link_lock: when each channel is free again */
 static _Atomic unsigned long long busy_ns[LINK_N];
 static _Atomic unsigned long long moved[LINK_N];
+static _Atomic int paused[2]; /* simdev_link_pause */
+
+void simdev_link_pause(int dir, int on)
+{
+    if (dir == LINK_D2H || dir == LINK_H2D)
+        atomic_store(&paused[dir], on != 0);
+}
 
 static bool on_host(const void *p)
 {
@@ -56,6 +63,14 @@ void sd_link_transfer(const void *dst, const void *src, size_t n, unsigned long 
     if (dir == LINK_NONE) {
         sd_sleep_ns(dur);
         return;
+    }
+    for (uint64_t t0 = sd_now_ns(); atomic_load(&paused[dir]);) {
+        if (sd_now_ns() - t0 > 60ull * 1000000000ull) {
+            sd_say("simdev: link direction %d paused for more than 60 s: lifted", dir);
+            atomic_store(&paused[dir], 0);
+            break;
+        }
+        sd_sleep_ns(1000000);
     }
     pthread_mutex_lock(&link_lock);
     uint64_t now = sd_now_ns();

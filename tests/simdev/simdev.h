@@ -58,6 +58,11 @@ void simdev_set_copy_gbps(double gbps);
  * time reserved and the bytes moved. Either array may be NULL. A direction's
  * channel serves one copy at a time, so busy[0] / wall time is its utilisation. */
 void simdev_link_stats(unsigned long long busy[3], unsigned long long bytes[3]);
+/* Test control: while a direction (0 device-to-host, 1 host-to-device) is
+ * paused, copies crossing the link that way wait before they start (a
+ * saturated channel, made deterministic); the other direction runs on. A
+ * pause longer than 60 s is lifted with a message (every wait is bounded). */
+void simdev_link_pause(int dir, int paused);
 
 /* The sticky "illegal address" fault a worker records when an operation
  * touches memory without access. */

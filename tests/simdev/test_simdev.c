@@ -1570,6 +1570,38 @@ Test(knobs, copy_link_has_one_channel_per_direction)
     CK(cuMemFree_v2(d2));
 }
 
+/* simdev_link_pause: a paused direction holds its copies (deterministic
+ * saturation); the other direction runs on; lifting the pause lets them go. */
+Test(knobs, link_pause_holds_one_direction)
+{
+    init();
+    enum { N = 64 * 1024 };
+    void *h1, *h2;
+    CUdeviceptr d1, d2;
+    CUstream s1, s2;
+    CK(cuMemAllocHost_v2(&h1, N));
+    CK(cuMemAllocHost_v2(&h2, N));
+    CK(cuMemAlloc_v2(&d1, N));
+    CK(cuMemAlloc_v2(&d2, N));
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
+    simdev_set_copy_gbps(1);
+    simdev_link_pause(0, 1);
+    CK(cuMemcpyDtoHAsync_v2(h1, d1, N, s1));
+    CK(cuMemcpyHtoDAsync_v2(d2, h2, N, s2));
+    CK(cuStreamSynchronize(s2)); /* host-to-device is not held */
+    CK_ERR(cuStreamQuery(s1), CUDA_ERROR_NOT_READY);
+    simdev_link_pause(0, 0);
+    CK(cuStreamSynchronize(s1));
+    simdev_set_copy_gbps(0);
+    CK(cuStreamDestroy_v2(s1));
+    CK(cuStreamDestroy_v2(s2));
+    CK(cuMemFreeHost(h1));
+    CK(cuMemFreeHost(h2));
+    CK(cuMemFree_v2(d1));
+    CK(cuMemFree_v2(d2));
+}
+
 Test(knobs, stream_delay_from_the_environment)
 {
     setenv("SIMDEV_STREAM_DELAY_US", "60000", 1);
