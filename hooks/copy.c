@@ -6,9 +6,11 @@
 #include "copy.h"
 #include "observe.h"
 #include "params.h"
+#include "peer.h"
 #include "region.h"
 #include "state.h"
 #include "store.h"
+#include "verify.h"
 #include "vmm.h"
 
 /* ---- per-device copy streams --------------------------------------------- */
@@ -34,16 +36,41 @@ void ckpt_copy_streams_release(void) {
     }
 }
 
-/* Where offloaded bytes go: the host pool (peer partitioning: a second store). */
-static const struct ckpt_store *store(void) { return &ckpt_host_store; }
+/* Where offloaded bytes of `device` go: the peer group's slices in the peer
+ * modes while the group works (bootstrapped on first use), the host pool
+ * otherwise (also when the group is not configured or has failed). */
+static const struct ckpt_store *store(int device) {
+  bool peer = ckpt_g.mode == CKPT_MODE_PEER || ckpt_g.mode == CKPT_MODE_PEER_HOST;
+  if (peer && ckpt_peer_ready(device))
+    return ckpt_g.mode == CKPT_MODE_PEER ? &ckpt_peer_dev_store : &ckpt_peer_host_store;
+  return &ckpt_host_store;
+}
+
+CUresult ckpt_copies_wait(struct job *j) {
+  if (j->hooks && j->hooks->job_wait) return j->hooks->job_wait(j->done);
+  /* A host job may be queued behind a peer job on the copy stream. */
+  if (ckpt_peer_active()) return ckpt_peer_wait(j->done);
+  return DRV(cuEventSynchronize, j->done);
+}
+
+/* A survivor whose other slices were on the ranks of a failed group: said
+ * once, loudly, by region and address. */
+static void report_lost(struct talloc *t) {
+  if (t->held->lost_said) return;
+  t->held->lost_said = true;
+  ckpt_g.stats.peer_lost++;
+  CKPT_WARN("region %d '%s': tagged allocation %#llx (%zu bytes) is LOST: the rest of its bytes were on the peer "
+            "ranks and the peer group failed; its address stays unmapped (a touch faults)",
+            t->region ? t->region->id : 0, t->region ? t->region->name : "?", (unsigned long long)t->va, t->req);
+}
 
 /* ---- starting the copies ------------------------------------------------- */
 
 /* Offload: false when t stays on the device (said once, counted). `off`: the
  * store cannot take anything for this job any more. */
-static bool start_to_host(struct talloc *t, CUstream copy, bool *off) {
+static bool start_to_host(const struct ckpt_store *st, struct talloc *t, CUstream copy, bool *off) {
   struct ckpt_store_fail f;
-  t->held = store()->put(t->device, t->size, t->va, t->req, copy, &f);
+  t->held = st->put(t->device, t->size, t->va, t->req, copy, &f);
   if (t->held) return true;
   if (f.copy) return false; /* logged by the store */
   ckpt_g.stats.host_pool_exhausted++;
@@ -58,7 +85,7 @@ static bool start_to_host(struct talloc *t, CUstream copy, bool *off) {
     *off = true; /* the rest of this job's survivors stay on the device too */
   } else {
     if (f.rc != CUDA_ERROR_OUT_OF_MEMORY) ckpt_note_driver_error(); /* out of memory is no driver error */
-    CKPT_WARN_ONCE("cannot create pinned host memory (%s): survivors stay on the device until it can",
+    CKPT_WARN_ONCE("the %s store cannot make room (%s): survivors stay on the device until it can", st->name,
                    ckpt_cu_name(f.rc));
   }
   return false;
@@ -66,12 +93,16 @@ static bool start_to_host(struct talloc *t, CUstream copy, bool *off) {
 
 /* Restore into fresh device memory at a staging VA: false when t stays host-backed. */
 static bool start_to_device(struct talloc *t, CUstream copy) {
+  if (t->held->store->lost && t->held->store->lost(t->held)) {
+    report_lost(t);
+    return false;
+  }
   CUmemGenericAllocationHandle h;
   CUresult r = ckpt_device_handle(t->device, t->size, &h);
   if (r != CUDA_SUCCESS) {
     ckpt_g.stats.restore_oom++;
-    CKPT_WARN_ONCE("no device memory to restore into (%s): data stays host-backed (correct, slower); retried "
-                   "at the next restore", ckpt_cu_name(r));
+    CKPT_WARN_ONCE("no device memory to restore into (%s): data stays in the %s store (host: correct, slower); "
+                   "retried at the next restore", ckpt_cu_name(r), t->held->store->name);
     return false;
   }
   CUdeviceptr va;
@@ -89,6 +120,55 @@ fail:
   return false;
 }
 
+/* An offload job's sizes to its store, so that room for all is made at once. */
+static void begin_job(const struct ckpt_store *st, struct talloc **items, int n) {
+  size_t *bytes = malloc((size_t)n * sizeof *bytes);
+  if (!bytes) return;
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (items[i]->device == items[0]->device) bytes[m++] = items[i]->req;
+  st->job_begin(items[0]->device, bytes, m);
+  free(bytes);
+}
+
+/* The job hooks of st (offload: where the puts went; restore: the first
+ * item's store that has hooks), over the items that store holds. */
+static CUresult end_job(struct job *j, const struct ckpt_store *st, CUstream copy) {
+  if (!st || !st->job_end) return CUDA_SUCCESS;
+  struct ckpt_store_item *it = malloc((size_t)j->n * sizeof *it);
+  if (!it) return CUDA_ERROR_OUT_OF_MEMORY;
+  int m = 0;
+  for (int i = 0; i < j->n; i++) {
+    struct talloc *t = j->items[i];
+    if (t->held->store == st)
+      it[m++] = (struct ckpt_store_item){.held = t->held, .dst = t->fresh_va, .bytes = t->req};
+  }
+  struct ckpt_store_job sj = {.kind = j->kind, .device = j->device, .region = j->top->id, .n = m,
+                              .name = j->top->name, .items = it};
+  CUresult r = st->job_end(&sj, copy, &j->token);
+  if (r == CUDA_SUCCESS || j->token) j->hooks = st;
+  free(it);
+  return r;
+}
+
+/* CKPT_VERIFY: stage each item's bytes (offload: the original; restore: the
+ * restored copy, after the gathers) for its checksum. */
+static struct ckpt_verify *verify_job(struct job *j, CUstream copy) {
+  CUdeviceptr *src = malloc((size_t)j->n * sizeof *src);
+  size_t *bytes = malloc((size_t)j->n * sizeof *bytes);
+  struct ckpt_verify *v = NULL;
+  if (src && bytes) {
+    for (int i = 0; i < j->n; i++) {
+      src[i] = j->kind == JOB_TO_HOST ? j->items[i]->va : j->items[i]->fresh_va;
+      bytes[i] = j->items[i]->req;
+    }
+    v = ckpt_verify_start(src, bytes, j->n, copy);
+  }
+  free(src);
+  free(bytes);
+  return v;
+}
+
 int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out_r) {
   struct talloc *first = items[0];
   CUstream copy;
@@ -102,15 +182,23 @@ int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out
     CU_ERROR_ONCE("cuEventRecord of a copy's start failed (%s): its copy time is not counted", ckpt_cu_name(r));
   }
   bool off = false;
+  const struct ckpt_store *st = j->kind == JOB_TO_HOST ? store(first->device) : NULL;
+  for (int i = 0; !st && i < n; i++) /* a restore: the store of its first item that has job hooks */
+    if (items[i]->device == first->device && items[i]->held->store->job_end) st = items[i]->held->store;
+  if (j->kind == JOB_TO_HOST && st && st->job_begin) begin_job(st, items, n);
   for (int i = 0; i < n && !off; i++) {
     struct talloc *t = items[i];
     if (t->device != first->device) continue; /* another device's job takes it */
-    if (j->kind == JOB_TO_HOST ? !start_to_host(t, copy, &off) : !start_to_device(t, copy)) continue;
+    if (j->kind == JOB_TO_HOST ? !start_to_host(st, t, copy, &off) : !start_to_device(t, copy)) continue;
     t->state = j->kind == JOB_TO_HOST ? CKPT_OFFLOADING : CKPT_RESTORING;
     t->busy = true;
     j->bytes += t->req;
     j->items[j->n++] = t;
   }
+  /* A store whose ranks act together hears of the job even when none of its
+   * puts could start here, so that the others roll back too. */
+  if ((j->n || (st && st->job_end)) && (r = end_job(j, st, copy)) != CUDA_SUCCESS) goto fail_items;
+  if (j->n && ckpt_param_int(CKPT_P_VERIFY)) j->verify = verify_job(j, copy);
   CU_CHECK_GOTO(DRV(cuEventRecord, j->done, copy), r, fail_items);
   if (j->n == 0) goto fail_items;
   ckpt_trace(j->kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_START : CKPT_T_RESTORE_START, j->top->id, NULL, j->bytes,
@@ -119,7 +207,7 @@ int ckpt_copies_start(struct job *j, struct talloc **items, int n, CUresult *out
 fail_items:
   /* No job: roll every item back to where its data is valid, once the copies
    * already enqueued can no longer touch the memory being dropped. */
-  if (j->n) DRV(cuStreamSynchronize, copy);
+  if (j->n || j->token) DRV(cuStreamSynchronize, copy);
   ckpt_copies_apply(j, j->n ? r : CUDA_ERROR_NOT_READY);
 fail_start_done:
   DRV(cuEventDestroy_v2, j->done);
@@ -171,11 +259,26 @@ static void count_move(struct talloc *t, bool offload) {
   ckpt_g.stats.device_bytes_released += (uint64_t)d;
 }
 
-static void to_host(struct talloc *t, CUresult copy_rc) {
-  if (copy_rc == CUDA_SUCCESS && !t->cancel && !t->freed && swap(t, t->held->handle, t->dev) == CUDA_SUCCESS) {
+/* Offload swap: onto the store's memory, or (no handle: peer slices) unmapped. */
+static CUresult swap_out(struct talloc *t) {
+  if (t->held->handle) return swap(t, t->held->handle, t->dev);
+  CUresult r = ckpt_vmm_unmap(t->va, t->size);
+  if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
+  return r;
+}
+
+static CUresult swap_in(struct talloc *t) {
+  if (t->held->handle) return swap(t, t->fresh, t->held->handle);
+  return ckpt_vmm_map(t->va, t->size, t->fresh, t->device);
+}
+
+static void to_host(struct talloc *t, CUresult copy_rc, const uint64_t *sum) {
+  if (copy_rc == CUDA_SUCCESS && !t->cancel && !t->freed && swap_out(t) == CUDA_SUCCESS) {
     ckpt_vmm_release(t->dev);
     t->dev = 0;
-    t->state = CKPT_HOST;
+    t->state = t->held->handle ? CKPT_HOST : CKPT_PEER;
+    t->held->summed = sum != NULL;
+    if (sum) t->held->sum = *sum;
     t->moved = true;
     count_move(t, true);
     ckpt_callsite_offloaded(t->site, t->req);
@@ -193,8 +296,22 @@ static void to_host(struct talloc *t, CUresult copy_rc) {
 /* A survivor freed while its restore is in flight is swapped all the same:
  * the free is stream-ordered, and the work queued before it (behind the
  * restore's gate, typically) is exactly the consumer that wants device memory. */
-static void to_device(struct talloc *t, CUresult copy_rc) {
-  if (copy_rc == CUDA_SUCCESS && swap(t, t->fresh, t->held->handle) == CUDA_SUCCESS) {
+static void check_sum(struct talloc *t, const uint64_t *sum) {
+  if (!sum || !t->held->summed) return;
+  if (*sum == t->held->sum) {
+    ckpt_g.stats.verify_checked++;
+    return;
+  }
+  ckpt_g.stats.verify_failures++;
+  CKPT_WARN("CKPT_VERIFY: region %d '%s': tagged allocation %#llx (%zu bytes) came back from the %s store with "
+            "checksum %016llx, offloaded with %016llx: its data is corrupt",
+            t->region ? t->region->id : 0, t->region ? t->region->name : "?", (unsigned long long)t->va, t->req,
+            t->held->store->name, (unsigned long long)*sum, (unsigned long long)t->held->sum);
+}
+
+static void to_device(struct talloc *t, CUresult copy_rc, const uint64_t *sum) {
+  if (copy_rc == CUDA_SUCCESS) check_sum(t, sum);
+  if (copy_rc == CUDA_SUCCESS && swap_in(t) == CUDA_SUCCESS) {
     ckpt_vmm_unmap(t->fresh_va, t->size);
     ckpt_vmm_free_va(t->fresh_va, t->size);
     t->dev = t->fresh;
@@ -210,15 +327,22 @@ static void to_device(struct talloc *t, CUresult copy_rc) {
   ckpt_vmm_teardown(t->fresh_va, t->size, t->fresh, CKPT_VMM_UNMAP | CKPT_VMM_RELEASE | CKPT_VMM_FREE_VA, false);
   t->fresh = 0;
   t->fresh_va = 0;
-  t->state = CKPT_HOST;
+  t->state = t->held->handle ? CKPT_HOST : CKPT_PEER;
+  if (t->held->store->lost && t->held->store->lost(t->held)) report_lost(t);
 }
 
 void ckpt_copies_apply(struct job *j, CUresult copy_rc) {
+  if (j->hooks && j->token) copy_rc = j->hooks->job_verdict(j->token, j->kind, copy_rc);
+  j->token = NULL;
   for (int i = 0; i < j->n; i++) {
     struct talloc *t = j->items[i];
+    uint64_t sum = j->verify && copy_rc == CUDA_SUCCESS ? ckpt_verify_sum(j->verify, i) : 0;
+    const uint64_t *ps = j->verify && copy_rc == CUDA_SUCCESS ? &sum : NULL;
     t->busy = false;
-    if (j->kind == JOB_TO_HOST) to_host(t, copy_rc);
-    else to_device(t, copy_rc);
+    if (j->kind == JOB_TO_HOST) to_host(t, copy_rc, ps);
+    else to_device(t, copy_rc, ps);
     t->cancel = false;
   }
+  ckpt_verify_free(j->verify);
+  j->verify = NULL;
 }

@@ -15,6 +15,8 @@
 
 struct region;
 struct talloc;
+struct ckpt_store;
+struct ckpt_verify;
 
 enum { JOB_TO_HOST, JOB_TO_DEVICE };
 
@@ -30,6 +32,9 @@ struct job {
   CUcontext ctx;
   CUevent start, done;
   struct region *top;
+  const struct ckpt_store *hooks; /* the store whose job hooks run for this job, or NULL */
+  void *token;                    /* its job_end's, until the verdict */
+  struct ckpt_verify *verify;     /* CKPT_VERIFY staging, or NULL */
   int n;
   struct job *next;
   struct talloc *items[];
@@ -45,6 +50,9 @@ bool ckpt_copies_swap(const struct job *j);
 /* The copies are complete (copy_rc CUDA_SUCCESS) or failed / not to be
  * swapped (anything else): swap or roll back every item. */
 void ckpt_copies_apply(struct job *j, CUresult copy_rc);
+/* Lock NOT held: waits for j's copies (bounded when a store's collectives
+ * are in them); the code is the copies'. */
+CUresult ckpt_copies_wait(struct job *j);
 /* Waits for the device's copy stream. */
 CUresult ckpt_copy_stream_sync(int device);
 /* At exit, no job left: destroys the copy streams. */

@@ -73,6 +73,7 @@ static struct host_block *block_get(int device, size_t size, struct ckpt_store_f
   blocks = b;
   pool_bytes += size;
   ckpt_g.stats.host_pool_bytes = pool_bytes;
+  ckpt_g.stats.store_allocs++;
   return b;
 fail_va:
   ckpt_vmm_free_va(b->held.va, size);

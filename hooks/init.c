@@ -11,6 +11,7 @@
 #include "log.h"
 #include "observe.h"
 #include "params.h"
+#include "peer.h"
 #include "policy.h"
 #include "state.h"
 #include "store.h"
@@ -38,12 +39,14 @@ static void print_summary(void) {
   int n = snprintf(line, sizeof line,
                    "libckpt[%d] summary: mode=%s regions=%llu tagged=%llu offloaded=%.1f MiB restored=%.1f MiB "
                    "device released peak=%.1f MiB copy=%.3f s stall=%.3f s pool-full=%llu restore-oom=%llu "
-                   "driver-errors=%llu\n",
+                   "driver-errors=%llu peer-mismatches=%llu peer-lost=%llu verify-failures=%llu\n",
                    (int)getpid(), ckpt_mode_name(ckpt_g.mode), (unsigned long long)s.regions_opened,
                    (unsigned long long)s.tagged_allocs, s.offloaded_bytes_total / 1048576.0,
                    s.restored_bytes_total / 1048576.0, s.device_bytes_released_peak / 1048576.0,
                    s.copy_seconds_total, s.stall_seconds_total, (unsigned long long)s.host_pool_exhausted,
-                   (unsigned long long)s.restore_oom, (unsigned long long)s.driver_errors);
+                   (unsigned long long)s.restore_oom, (unsigned long long)s.driver_errors,
+                   (unsigned long long)s.peer_mismatches, (unsigned long long)s.peer_lost,
+                   (unsigned long long)s.verify_failures);
   if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
@@ -57,6 +60,8 @@ static void release_at_exit(bool engine_stopped) {
   ckpt_arena_release_all();
   if (engine_stopped && ckpt_engine_release()) {
     ckpt_host_store.release_idle();
+    ckpt_peer_dev_store.release_idle();
+    ckpt_peer_host_store.release_idle();
     ckpt_streams_release();
   }
   IN_LIB_END();
@@ -79,13 +84,8 @@ static void at_exit(void) {
 
 static void init(void) {
   ckpt_params_load();
-  int mode = (int)ckpt_param_int(CKPT_P_MODE);
-  if (mode == CKPT_MODE_PEER || mode == CKPT_MODE_PEER_HOST) {
-    CKPT_WARN("CKPT_MODE=%s: peer partitioning is not implemented yet; using host offload instead",
-              ckpt_mode_name(mode));
-    mode = CKPT_MODE_HOST;
-  }
-  ckpt_g.mode = mode;
+  /* The peer modes' group is made on first use (copy.c, peer_group.c). */
+  ckpt_g.mode = (int)ckpt_param_int(CKPT_P_MODE);
   ckpt_arena_init((size_t)ckpt_param_int(CKPT_P_MIN_BYTES));
   ckpt_policy_init();
   ckpt_g.tagging = ckpt_g.mode != CKPT_MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;
