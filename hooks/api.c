@@ -18,15 +18,15 @@
 #include "state.h"
 #include "store.h"
 #include "streams.h"
+#include "submit.h"
 
 /* Samples device usage from the driver (torch's pool counters do not see our
- * mappings). Cheap; at region boundaries. */
+ * mappings). Cheap; at region close always, at region open when tracing. */
 static void sample_device(void) {
-  size_t f = 0, t = 0;
-  if (ckpt_g.tagging && DRV(cuMemGetInfo_v2, &f, &t) == CUDA_SUCCESS) {
-    ckpt_note_mem_info(f, t);
-    ckpt_trace(CKPT_T_MEM, 0, NULL, 0, 0, t - f);
-  }
+  if (!ckpt_g.tagging) return;
+  LOCK();
+  ckpt_observe_mem(true);
+  UNLOCK();
 }
 
 CKPT_API const char *ckpt_mode(void) {
@@ -52,6 +52,7 @@ CKPT_API int ckpt_region_begin(const char *name) {
   int id = r->id;
   CKPT_TRACE("region %d '%s' open", id, r->name);
   ckpt_trace(CKPT_T_REGION_OPEN, id, r->name, 0, 0, 0);
+  if (ckpt_g.tagging) ckpt_observe_mem(false);
   char copy[sizeof r->name];
   memcpy(copy, r->name, sizeof copy);
   UNLOCK();

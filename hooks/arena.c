@@ -13,6 +13,7 @@
 #include "state.h"
 #include "store.h"
 #include "streams.h"
+#include "submit.h"
 #include "vmm.h"
 
 /* ---- live index: sorted by va, for interior-pointer look-ups ------------- */
@@ -80,7 +81,7 @@ bool ckpt_release_for_oom(void) {
 
 /* ---- device memory ------------------------------------------------------ */
 
-size_t ckpt_granularity(int device) { return ckpt_vmm_granularity(device, CKPT_VMM_DEVICE); }
+size_t ckpt_granularity(int device) { return ckpt_vmm_granularity(device, CKPT_VMM_BOTH); }
 
 /* Device memory, making room when the driver says it has none: first our own
  * cache, then the stream-ordered pool (torch keeps freed memory there). */
@@ -211,19 +212,20 @@ void ckpt_reap(void) {
 
 static CUstream norm_stream(CUstream s) { return s ? s : CU_STREAM_LEGACY; }
 
-static CUresult talloc_create(int device, CUcontext ctx, size_t size, struct talloc **out) {
+static CUresult talloc_create(int device, CUcontext ctx, size_t size, ckpt_devmask access, struct talloc **out) {
   struct talloc *t = calloc(1, sizeof *t);
   if (!t) return CUDA_ERROR_OUT_OF_MEMORY;
   t->device = device;
   t->ctx = ctx;
   t->size = size;
+  t->access = access;
   CUresult r;
   unsigned undo = 0; /* what a failure undoes */
   CU_TRY_GOTO(ckpt_vmm_reserve(size, ckpt_granularity(device), &t->va), r, fail);
   undo = CKPT_VMM_FREE_VA;
   CU_TRY_GOTO(ckpt_device_handle(device, size, &t->dev), r, fail);
   undo |= CKPT_VMM_RELEASE;
-  CU_TRY_GOTO(ckpt_vmm_map(t->va, size, t->dev, device), r, fail);
+  CU_TRY_GOTO(ckpt_vmm_map(t->va, size, t->dev, access), r, fail);
   undo |= CKPT_VMM_UNMAP;
   CU_TRY_GOTO(DRV(cuEventCreate, &t->free_ev, CU_EVENT_DISABLE_TIMING), r, fail);
   *out = t;
@@ -232,6 +234,25 @@ fail:
   if (undo) ckpt_vmm_teardown(t->va, size, t->dev, undo, false);
   free(t);
   return r;
+}
+
+/* Under stream capture an allocation becomes a graph node whose address is
+ * fixed across replays: not libckpt's to tag. Asked only on the would-be-tagged path. */
+static bool captured(CUstream stream) {
+  if (!ckpt_stream_capturing(stream)) return false;
+  __atomic_add_fetch(&ckpt_g.hot.captured_allocs, 1, __ATOMIC_RELAXED);
+  return true;
+}
+
+/* A cached mapping gets the access the pool grants now. */
+static bool regrant(struct talloc *t, ckpt_devmask access) {
+  CUresult r = ckpt_vmm_set_access(t->va, t->size, access, t->access & ~access);
+  if (r != CUDA_SUCCESS) {
+    CU_FAILED(cuMemSetAccess, r);
+    return false;
+  }
+  t->access = access;
+  return true;
 }
 
 bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) {
@@ -243,6 +264,8 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
   if (DRV(cuCtxGetCurrent, &ctx) != CUDA_SUCCESS || !ctx || DRV(cuCtxGetDevice, &dev) != CUDA_SUCCESS)
     return false; /* let the driver report the missing context */
   stream = norm_stream(stream);
+  if (captured(stream)) return false;
+  CKPT_RELAXED_SCOPE(); /* its event queries must not invalidate a global capture */
   IN_LIB_BEGIN();
   LOCK();
   struct region *r = ckpt_g.open;
@@ -251,12 +274,26 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
     ckpt_reap();
     size_t g = ckpt_granularity(dev);
     size_t size = (bytes + g - 1) / g * g;
+    /* Peers the program's pool grants can touch the tensor too (DESIGN:
+     * access is per mapping); asked at each tagged allocation, one query
+     * per other device. */
+    ckpt_devmask access = ckpt_vmm_pool_access(dev);
     struct talloc *t = cache_take(dev, size);
+    bool cached = t != NULL;
     if (!t) t = pending_take_same_stream(dev, size, stream);
+    if (t && t->access != access && !regrant(t, access)) { /* back where it was */
+      if (cached) {
+        cache_put(t);
+      } else {
+        t->next = pending;
+        pending = t;
+      }
+      t = NULL;
+    }
     if (t) {
       ckpt_g.stats.mapping_cache_hits++;
     } else {
-      CUresult cr = talloc_create(dev, ctx, size, &t);
+      CUresult cr = talloc_create(dev, ctx, size, access, &t);
       if (cr != CUDA_SUCCESS) {
         t = NULL;
         if (ckpt_cu_unsupported(cr)) {
@@ -290,6 +327,7 @@ bool ckpt_alloc(CUdeviceptr *dptr, size_t bytes, CUstream stream, CUresult *rc) 
       }
       ckpt_region_attach(r, t);
       ckpt_note_stream(stream, dev);
+      __atomic_store_n(&ckpt_gating, 1, __ATOMIC_RELAXED); /* submissions take the shared lock from now on */
       ckpt_g.stats.tagged_allocs++;
       ckpt_g.stats.tagged_allocs_live++;
       ckpt_g.stats.tagged_bytes_live += bytes;

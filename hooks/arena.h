@@ -20,6 +20,7 @@ struct talloc {
   size_t size;      /* mapped bytes, a multiple of the granularity */
   size_t req;       /* bytes the program asked for */
   int device;
+  uint64_t access;  /* devices granted access to va (ckpt_devmask: the device, and the peers its pool grants) */
   CUcontext ctx;
   CUmemGenericAllocationHandle dev;   /* device memory mapped at va (0: none) */
   struct ckpt_held *held;             /* the store's copy while offloading/host/restoring */
@@ -31,6 +32,7 @@ struct talloc {
   bool freed;       /* the program freed it; the stream has not passed the free yet (pending list) */
   bool keep;        /* outlived a whole cycle: persistent, never offloaded again */
   bool moved;       /* was host-backed in this life: its memory is not cached on free */
+  bool stranded;    /* a swap could map neither copy at va: the gate stays closed (copy.h) */
   struct region *region;
   uint32_t site;    /* call site (CKPT_STACKS), 0 if none */
   CUstream stream;  /* allocation stream */
@@ -44,7 +46,8 @@ struct talloc {
 void ckpt_arena_init(size_t min_bytes);
 /* Lock held. The live allocation holding p (interior pointers too), or NULL. */
 struct talloc *ckpt_live_find(CUdeviceptr p);
-/* The device granularity every tagged size is a multiple of. */
+/* The granularity every tagged size and VA is a multiple of: the larger of
+ * the device's and its host memory's (a tagged VA is backed by either). */
 size_t ckpt_granularity(int device);
 /* Device memory, making room when the driver has none (lock held). */
 CUresult ckpt_device_handle(int device, size_t size, CUmemGenericAllocationHandle *out);

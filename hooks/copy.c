@@ -1,5 +1,6 @@
 /* The copies and swaps (copy.h), through the backing-store interface. */
 #include <stdlib.h>
+#include <time.h>
 
 #include "arena.h"
 #include "check.h"
@@ -66,28 +67,34 @@ static void report_lost(struct talloc *t) {
 
 /* ---- starting the copies ------------------------------------------------- */
 
-/* Offload: false when t stays on the device (said once, counted). `off`: the
- * store cannot take anything for this job any more. */
+/* The store took nothing for t: said once, counted. `off`: the store cannot
+ * take anything for this job any more. */
+static void put_failed(const struct ckpt_store *st, const struct ckpt_store_fail *f, bool *off) {
+  if (f->copy) return; /* logged by the store */
+  ckpt_g.stats.host_pool_exhausted++;
+  if (f->capped) {
+    CKPT_WARN_ONCE("host pool full (CKPT_HOST_MAX_BYTES=%llu): survivors stay on the device",
+                   (unsigned long long)ckpt_param_host_max_bytes());
+  } else if (ckpt_cu_unsupported(f->rc)) {
+    ckpt_g.host_off = true; /* the driver cannot: never ask again (policy) */
+    CKPT_WARN_ONCE("this driver cannot create pinned host memory for offload (%s): host offload is off, "
+                   "activations stay on the device",
+                   ckpt_cu_name(f->rc));
+    *off = true; /* the rest of this job's survivors stay on the device too */
+  } else {
+    if (f->rc != CUDA_ERROR_OUT_OF_MEMORY) ckpt_note_driver_error(); /* out of memory is no driver error */
+    CKPT_WARN_ONCE("the %s store cannot make room (%s): survivors stay on the device until it can", st->name,
+                   ckpt_cu_name(f->rc));
+  }
+}
+
+/* Offload: false when t stays on the device. A pending held (its room is
+ * being made) is completed by ckpt_copies_resume. */
 static bool start_to_host(const struct ckpt_store *st, struct talloc *t, CUstream copy, bool *off) {
   struct ckpt_store_fail f;
   t->held = st->put(t->device, t->size, t->va, t->req, copy, &f);
   if (t->held) return true;
-  if (f.copy) return false; /* logged by the store */
-  ckpt_g.stats.host_pool_exhausted++;
-  if (f.capped) {
-    CKPT_WARN_ONCE("host pool full (CKPT_HOST_MAX_BYTES=%llu): survivors stay on the device",
-                   (unsigned long long)ckpt_param_host_max_bytes());
-  } else if (ckpt_cu_unsupported(f.rc)) {
-    ckpt_g.host_off = true; /* the driver cannot: never ask again (policy) */
-    CKPT_WARN_ONCE("this driver cannot create pinned host memory for offload (%s): host offload is off, "
-                   "activations stay on the device",
-                   ckpt_cu_name(f.rc));
-    *off = true; /* the rest of this job's survivors stay on the device too */
-  } else {
-    if (f.rc != CUDA_ERROR_OUT_OF_MEMORY) ckpt_note_driver_error(); /* out of memory is no driver error */
-    CKPT_WARN_ONCE("the %s store cannot make room (%s): survivors stay on the device until it can", st->name,
-                   ckpt_cu_name(f.rc));
-  }
+  put_failed(st, &f, off);
   return false;
 }
 
@@ -109,7 +116,7 @@ static bool start_to_device(struct talloc *t, CUstream copy) {
   unsigned undo = CKPT_VMM_RELEASE;
   if (ckpt_vmm_reserve(t->size, ckpt_granularity(t->device), &va) != CUDA_SUCCESS) goto fail;
   undo |= CKPT_VMM_FREE_VA;
-  if (ckpt_vmm_map(va, t->size, h, t->device) != CUDA_SUCCESS) goto fail;
+  if (ckpt_vmm_map(va, t->size, h, CKPT_DEV_BIT(t->device)) != CUDA_SUCCESS) goto fail;
   undo |= CKPT_VMM_UNMAP;
   if (t->held->store->get(t->held, va, t->req, copy) != CUDA_SUCCESS) goto fail;
   t->fresh = h;
@@ -218,6 +225,45 @@ fail:
   return j->n ? CKPT_EDRIVER : 0;
 }
 
+bool ckpt_copies_resume(struct job *j) {
+  if (j->kind != JOB_TO_HOST) return true;
+  bool done = true, late = false, off = false;
+  CUstream copy = copy_streams[j->device];
+  DRV(cuCtxSetCurrent, j->ctx);
+  for (int i = 0; i < j->n; i++) {
+    struct talloc *t = j->items[i];
+    if (!t->held || !t->held->pending || t->cancel || t->freed) continue; /* apply rolls those back */
+    if (off) { /* the store said it cannot: give the pending room back */
+      t->held->store->drop(t->held);
+      t->held = NULL;
+      j->bytes -= t->req;
+      continue;
+    }
+    struct ckpt_store_fail f;
+    const struct ckpt_store *st = t->held->store; /* a failed resume frees the held */
+    CUresult r = st->resume(t->held, t->va, t->req, copy, &f);
+    if (r == CUDA_SUCCESS) {
+      late = true;
+    } else if (r == CUDA_ERROR_NOT_READY) {
+      done = false;
+    } else { /* the held is gone; t stays on the device (apply) */
+      put_failed(st, &f, &off);
+      t->held = NULL;
+      j->bytes -= t->req;
+    }
+  }
+  if (late) {
+    j->late = true;
+    /* The job is complete once its late copies are (same copy stream). */
+    CUresult r = DRV(cuEventRecord, j->done, copy);
+    if (r != CUDA_SUCCESS) { /* then the event proves nothing of them: wait here */
+      CU_FAILED(cuEventRecord, r);
+      ckpt_copy_stream_sync(j->device);
+    }
+  }
+  return done;
+}
+
 /* ---- the swaps, on the engine thread ------------------------------------- */
 
 bool ckpt_copies_swap(const struct job *j) {
@@ -227,14 +273,30 @@ bool ckpt_copies_swap(const struct job *j) {
   return false;
 }
 
-/* Moves t's VA onto `to` (its data is already there), back onto `back` on failure. */
-static CUresult swap(struct talloc *t, CUmemGenericAllocationHandle to, CUmemGenericAllocationHandle back) {
-  bool stranded;
-  CUresult r = ckpt_vmm_remap(t->va, t->size, t->device, to, back, &stranded);
-  if (stranded)
-    CKPT_WARN("cannot map %#llx back after a failed swap: its data is in host block %#llx",
-              (unsigned long long)t->va, (unsigned long long)t->held->va);
-  return r;
+/* Moves t's VA onto `to` (its data is already there), back onto `back` on
+ * failure; `again`: t is stranded (va unmapped), map one of them. `to` 0:
+ * unmap only (a peer slice's offload); `back` 0: va is unmapped already (a
+ * peer slice's restore), only `to` can be mapped. */
+static enum ckpt_remap swap(struct talloc *t, CUmemGenericAllocationHandle to, CUmemGenericAllocationHandle back,
+                            bool again) {
+  CUresult r;
+  enum ckpt_remap m = again || !back ? ckpt_vmm_map_either(t->va, t->size, t->access, to, back, &r)
+                                     : ckpt_vmm_remap(t->va, t->size, t->access, to, back, &r);
+  bool off = t->state == CKPT_OFFLOADING;
+  if (m == CKPT_REMAP_NONE && !t->stranded) {
+    ckpt_note_driver_error();
+    CKPT_WARN("ERROR: %#llx (%zu bytes, region %d) is unmapped: %s could be mapped (%s); its data is in the %s "
+              "store at %#llx and in %s; the program's streams stay held at libckpt's gate until it is mapped",
+              (unsigned long long)t->va, t->size, t->region ? t->region->id : -1,
+              back ? "neither copy of its data" : "its restored device memory", ckpt_cu_name(r),
+              t->held->store->name, (unsigned long long)t->held->va,
+              off ? "its device memory (unmapped)" : "the restore's device memory at its staging VA");
+  } else if (m != CKPT_REMAP_NONE && t->stranded) {
+    CKPT_WARN("%#llx is mapped again (onto its %s copy): the gate opens", (unsigned long long)t->va,
+              (m == CKPT_REMAP_TO) == off ? "host" : "device");
+  }
+  t->stranded = m == CKPT_REMAP_NONE;
+  return m;
 }
 
 static void copy_failed(const char *what, struct talloc *t, CUresult copy_rc, const char *outcome) {
@@ -259,38 +321,40 @@ static void count_move(struct talloc *t, bool offload) {
   ckpt_g.stats.device_bytes_released += (uint64_t)d;
 }
 
-/* Offload swap: onto the store's memory, or (no handle: peer slices) unmapped. */
-static CUresult swap_out(struct talloc *t) {
-  if (t->held->handle) return swap(t, t->held->handle, t->dev);
-  CUresult r = ckpt_vmm_unmap(t->va, t->size);
-  if (r != CUDA_SUCCESS) CU_FAILED(cuMemUnmap, r);
-  return r;
-}
-
-static CUresult swap_in(struct talloc *t) {
-  if (t->held->handle) return swap(t, t->fresh, t->held->handle);
-  return ckpt_vmm_map(t->va, t->size, t->fresh, t->device);
-}
-
-static void to_host(struct talloc *t, CUresult copy_rc, const uint64_t *sum) {
-  if (copy_rc == CUDA_SUCCESS && !t->cancel && !t->freed && swap_out(t) == CUDA_SUCCESS) {
+/* Each returns false when t is stranded (its VA maps nothing). A peer slice
+ * has no handle: its offload only unmaps the VA (ckpt_vmm_remap with `to` 0;
+ * a failed unmap leaves the data on the device), its restore maps the fresh
+ * memory at the unmapped VA (a failed map strands it, like any item). */
+static bool to_host(struct talloc *t, CUresult copy_rc, bool again, const uint64_t *sum) {
+  if (!t->held) { /* its room could not be made (ckpt_copies_resume said why) */
+    t->state = CKPT_DEVICE;
+    return true;
+  }
+  if (!again) { /* CKPT_VERIFY: kept with the held (a stranded item is swapped by the repair) */
+    t->held->summed = sum != NULL;
+    if (sum) t->held->sum = *sum;
+  }
+  enum ckpt_remap m = CKPT_REMAP_BACK;
+  if (again || (copy_rc == CUDA_SUCCESS && !t->cancel && !t->freed && !t->held->pending))
+    m = swap(t, t->held->handle, t->dev, again);
+  if (m == CKPT_REMAP_NONE) return false;
+  if (m == CKPT_REMAP_TO) {
     ckpt_vmm_release(t->dev);
     t->dev = 0;
     t->state = t->held->handle ? CKPT_HOST : CKPT_PEER;
-    t->held->summed = sum != NULL;
-    if (sum) t->held->sum = *sum;
     t->moved = true;
     count_move(t, true);
     ckpt_callsite_offloaded(t->site, t->req);
     if (ckpt_g.stats.device_bytes_released > ckpt_g.stats.device_bytes_released_peak)
       ckpt_g.stats.device_bytes_released_peak = ckpt_g.stats.device_bytes_released;
-    return;
+    return true;
   }
-  copy_failed("offload", t, copy_rc, "data kept on the device");
+  if (!again) copy_failed("offload", t, copy_rc, "data kept on the device");
   /* Not swapped: the device copy is the valid one. */
   ckpt_held_drop(t->held);
   t->held = NULL;
   t->state = CKPT_DEVICE;
+  return true;
 }
 
 /* A survivor freed while its restore is in flight is swapped all the same:
@@ -309,9 +373,12 @@ static void check_sum(struct talloc *t, const uint64_t *sum) {
             t->held->store->name, (unsigned long long)*sum, (unsigned long long)t->held->sum);
 }
 
-static void to_device(struct talloc *t, CUresult copy_rc, const uint64_t *sum) {
-  if (copy_rc == CUDA_SUCCESS) check_sum(t, sum);
-  if (copy_rc == CUDA_SUCCESS && swap_in(t) == CUDA_SUCCESS) {
+static bool to_device(struct talloc *t, CUresult copy_rc, bool again, const uint64_t *sum) {
+  if (!again && copy_rc == CUDA_SUCCESS) check_sum(t, sum);
+  enum ckpt_remap m = CKPT_REMAP_BACK;
+  if (again || copy_rc == CUDA_SUCCESS) m = swap(t, t->fresh, t->held->handle, again);
+  if (m == CKPT_REMAP_NONE) return false;
+  if (m == CKPT_REMAP_TO) {
     ckpt_vmm_unmap(t->fresh_va, t->size);
     ckpt_vmm_free_va(t->fresh_va, t->size);
     t->dev = t->fresh;
@@ -321,28 +388,71 @@ static void to_device(struct talloc *t, CUresult copy_rc, const uint64_t *sum) {
     t->held = NULL;
     t->state = CKPT_DEVICE;
     count_move(t, false);
-    return;
+    return true;
   }
-  copy_failed("restore", t, copy_rc, "data stays host-backed");
+  if (!again) copy_failed("restore", t, copy_rc, "data stays host-backed");
   ckpt_vmm_teardown(t->fresh_va, t->size, t->fresh, CKPT_VMM_UNMAP | CKPT_VMM_RELEASE | CKPT_VMM_FREE_VA, false);
   t->fresh = 0;
   t->fresh_va = 0;
   t->state = t->held->handle ? CKPT_HOST : CKPT_PEER;
   if (t->held->store->lost && t->held->store->lost(t->held)) report_lost(t);
+  return true;
 }
 
-void ckpt_copies_apply(struct job *j, CUresult copy_rc) {
-  if (j->hooks && j->token) copy_rc = j->hooks->job_verdict(j->token, j->kind, copy_rc);
-  j->token = NULL;
+static bool apply(struct job *j, CUresult copy_rc, bool again) {
+  if (!again && j->hooks && j->token) copy_rc = j->hooks->job_verdict(j->token, j->kind, copy_rc);
+  if (!again) j->token = NULL;
+  bool mapped = true;
   for (int i = 0; i < j->n; i++) {
     struct talloc *t = j->items[i];
+    if (again && !t->stranded) continue;
     uint64_t sum = j->verify && copy_rc == CUDA_SUCCESS ? ckpt_verify_sum(j->verify, i) : 0;
     const uint64_t *ps = j->verify && copy_rc == CUDA_SUCCESS ? &sum : NULL;
+    if (!(j->kind == JOB_TO_HOST ? to_host(t, copy_rc, again, ps) : to_device(t, copy_rc, again, ps))) {
+      mapped = false; /* still the job's: busy until it is mapped */
+      continue;
+    }
     t->busy = false;
-    if (j->kind == JOB_TO_HOST) to_host(t, copy_rc, ps);
-    else to_device(t, copy_rc, ps);
     t->cancel = false;
   }
-  ckpt_verify_free(j->verify);
-  j->verify = NULL;
+  if (!again) {
+    ckpt_verify_free(j->verify);
+    j->verify = NULL;
+  }
+  return mapped;
+}
+
+bool ckpt_copies_apply(struct job *j, CUresult copy_rc) { return apply(j, copy_rc, false); }
+void ckpt_copies_repair(struct job **jobs, int n) {
+  for (bool stranded = true; stranded;) {
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    UNLOCK();
+    nanosleep(&ts, NULL);
+    LOCK();
+    stranded = false;
+    for (int i = 0; i < n; i++) stranded |= !apply(jobs[i], CUDA_SUCCESS, true);
+  }
+}
+
+/* ---- what the trace says of an applied job ------------------------------- */
+
+void ckpt_copies_trace_end(const struct job *j, uint64_t copy_ns) {
+  if (!ckpt_trace_enabled()) return;
+  bool offload = j->kind == JOB_TO_HOST;
+  uint64_t swapped = 0, device = 0, kept = 0, nkept = 0;
+  for (int i = 0; i < j->n; i++) {
+    const struct talloc *t = j->items[i];
+    /* Where to_host / to_device leave an item they swapped (and counted). */
+    if (offload ? t->state == CKPT_HOST || t->state == CKPT_PEER : t->state == CKPT_DEVICE) {
+      swapped += t->req;
+      device += t->size;
+    } else {
+      kept += t->req;
+      nkept++;
+    }
+  }
+  if (nkept)
+    ckpt_trace(offload ? CKPT_T_OFFLOAD_ROLLBACK : CKPT_T_RESTORE_ROLLBACK, j->top->id, NULL, kept, 0, nkept);
+  ckpt_trace(offload ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, j->top->id, NULL, swapped, (uintptr_t)device,
+             copy_ns);
 }

@@ -64,6 +64,47 @@ static void queue_remove(struct job *j) {
   if (queue_tail == j) queue_tail = prev;
 }
 
+static void roll_back(CUresult *rc, int n) {
+  for (int i = 0; i < n; i++)
+    if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
+}
+
+/* Waits (lock released) for every arrival at target's gate. A held stream
+ * that does not arrive within CKPT_GATE_TIMEOUT is busy with long work from
+ * before the cut or blocked on the host: the batch's gates open at once (no
+ * stream stays held, so nothing the host waits for is stuck behind them),
+ * then the late arrivals are awaited with nothing held, and a new gate is
+ * closed; after RETRIES, or when the late arrivals do not come within
+ * LATE x the bound (blocked), false: the caller rolls the batch back. */
+#define RETRIES 3
+#define LATE 20
+static bool await_gate(struct job *target, struct job **also_open, int *nopen) {
+  for (int attempt = 0;; attempt++) {
+    UNLOCK();
+    bool reached = ckpt_gate_wait(&target->gate, 1);
+    LOCK();
+    if (reached) return true;
+    CKPT_INFO("gate %u: a held stream did not arrive within CKPT_GATE_TIMEOUT", target->gate.seq);
+    ckpt_gate_timed_out();
+    for (int i = 0; i < *nopen; i++) ckpt_gate_open(&also_open[i]->gate);
+    *nopen = 0;
+    ckpt_gate_release(&target->gate); /* open; its arrival words still watched */
+    UNLOCK();
+    bool late = ckpt_gate_wait(&target->gate, LATE);
+    LOCK();
+    ckpt_gate_forget(&target->gate);
+    target->gated = false;
+    if (!late || attempt + 1 == RETRIES) return false;
+    CUcontext saved = NULL;
+    DRV(cuCtxGetCurrent, &saved);
+    if (saved != target->ctx) DRV(cuCtxSetCurrent, target->ctx);
+    int g = ckpt_gate_close(target->device, &target->gate);
+    if (saved != target->ctx) DRV(cuCtxSetCurrent, saved);
+    target->gated = g > 0;
+    if (g < 0) return false;
+  }
+}
+
 /* One round of the engine (see the top of the file). Lock held. */
 #define BATCH 64
 static void engine_round(void) {
@@ -73,6 +114,15 @@ static void engine_round(void) {
   do { /* until no restore closed a gate while we waited */
     g = first_gated(device);
     target = g ? g : queue_head;
+    /* Host room still being made (copy.h): wait for it with no gate closed. */
+    while (!g && !engine_stop && !ckpt_copies_resume(target)) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 1000000;
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&queue_cv, &ckpt_g.lock, &ts);
+      if ((g = first_gated(device))) target = g;
+    }
     UNLOCK();
     DRV(cuCtxSetCurrent, target->ctx);
     rc_target = ckpt_copies_wait(target);
@@ -92,7 +142,10 @@ static void engine_round(void) {
   bool past_target = false;
   for (struct job *q = queue_head; q && n < BATCH; q = q->next) {
     if (q->device != device) continue;
-    if (past_target && (q->gate_owner || ckpt_event_query(q->done) != CUDA_SUCCESS)) break;
+    if (past_target && (q->gate_owner || !ckpt_copies_resume(q) || ckpt_event_query(q->done) != CUDA_SUCCESS))
+      break;
+    /* Late copies (copy.h) run behind later jobs': such a job waits its turn. */
+    if (!past_target && q != target && q->late && ckpt_event_query(q->done) != CUDA_SUCCESS) continue;
     /* Jobs before the target completed their copies before it (one copy stream). */
     rc[n] = q == target ? rc_target : ckpt_event_query(q->done);
     batch[n++] = q;
@@ -101,14 +154,11 @@ static void engine_round(void) {
   bool swaps = false;
   for (int i = 0; i < n; i++) swaps |= rc[i] == CUDA_SUCCESS && ckpt_copies_swap(batch[i]);
   if (!target->gate_owner && swaps) gate_job(target);
-  if (target->gate_failed && swaps) {
-    /* Roll the batch back (its copies are complete): offloads keep their
-     * data on the device, restores leave it host-backed (retried later). */
-    CKPT_WARN_ONCE("a stream could not be held at libckpt's gate: swaps are skipped (offloaded data stays "
-                   "on the device, restored data host-backed) until it can");
-    for (int i = 0; i < n; i++)
-      if (rc[i] == CUDA_SUCCESS) rc[i] = CUDA_ERROR_NOT_READY;
-  }
+  /* No gate (a stream could not be held, a capture is active, the
+   * submission lock timed out; streams.c counts and says which): roll the
+   * batch back (its copies are complete): offloads keep their data on the
+   * device, restores leave it host-backed (retried later). */
+  if (target->gate_failed && swaps) roll_back(rc, n);
   /* Jobs queued before the target may hold gates closed after its: they are
    * swapped now, under the target's gate, and their gates opened with it. */
   struct job *also_open[BATCH];
@@ -118,15 +168,11 @@ static void engine_round(void) {
     batch[i]->gate_owner = target; /* a restore must not gate them again */
   }
   double stall_from = 0;
+  bool stranded = false;
   if (target->gated) {
-    bool early = ckpt_gate_reached(&target->gate);
+    bool reached = ckpt_gate_reached(&target->gate) || await_gate(target, also_open, &nopen);
     stall_from = ckpt_now();
-    if (!early) {
-      UNLOCK();
-      ckpt_gate_wait(&target->gate);
-      LOCK();
-      stall_from = ckpt_now();
-    }
+    if (!reached) roll_back(rc, n); /* pre-cut work may still run: nothing is swapped */
   }
   for (int i = 0; i < n; i++) {
     struct job *b = batch[i];
@@ -134,10 +180,10 @@ static void engine_round(void) {
     if (rc[i] != CUDA_SUCCESS || DRV(cuEventElapsedTime_v2, &ms, b->start, b->done) != CUDA_SUCCESS) ms = 0;
     ckpt_g.stats.copy_seconds_total += ms / 1000.0;
     if (b->top->ns) b->top->ns->copy_seconds += ms / 1000.0;
-    ckpt_copies_apply(b, rc[i]);
-    ckpt_trace(b->kind == JOB_TO_HOST ? CKPT_T_OFFLOAD_END : CKPT_T_RESTORE_END, b->top->id, NULL, b->bytes, 0,
-               (uint64_t)(ms * 1e6));
+    stranded |= !ckpt_copies_apply(b, rc[i]);
+    ckpt_copies_trace_end(b, (uint64_t)(ms * 1e6)); /* what was swapped, not what was copied */
   }
+  if (stranded) ckpt_copies_repair(batch, n); /* a VA maps nothing: the gate stays closed (copy.h) */
   for (int i = 0; i < nopen; i++) ckpt_gate_open(&also_open[i]->gate);
   if (target->gated) {
     ckpt_gate_open(&target->gate);
@@ -150,6 +196,7 @@ static void engine_round(void) {
       ckpt_trace(CKPT_T_STALL, target->top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
     }
   }
+  if (swaps) ckpt_observe_mem(false); /* device memory after the swaps (tracing) */
   for (int i = 0; i < n; i++) {
     queue_remove(batch[i]);
     job_done(batch[i]);
@@ -162,6 +209,10 @@ static void engine_round(void) {
 static void *engine_main(void *arg) {
   (void)arg;
   ckpt_in_lib = 1;
+  /* Its event queries and synchronisations must never invalidate a program's
+   * global-mode capture: relaxed mode on this thread for good. */
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  DRV(cuThreadExchangeStreamCaptureMode, &mode);
   LOCK();
   for (;;) {
     while (!queue_head && !engine_stop) pthread_cond_wait(&queue_cv, &ckpt_g.lock);

@@ -17,7 +17,8 @@
 #include "store.h"
 #include "streams.h"
 
-void ckpt_startup_warnings(void); /* startup.c */
+void ckpt_startup_warnings(void);      /* startup.c */
+void ckpt_startup_exit_warnings(void); /* startup.c */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -28,26 +29,6 @@ static void atfork_child(void) {
   ckpt_g.forked = true;
   ckpt_g.tagging = false;
   pthread_mutex_init(&ckpt_g.lock, NULL);
-}
-
-static void print_summary(void) {
-  struct ckpt_stats s;
-  LOCK();
-  ckpt_stats_snapshot(&s);
-  UNLOCK();
-  char line[512];
-  int n = snprintf(line, sizeof line,
-                   "libckpt[%d] summary: mode=%s regions=%llu tagged=%llu offloaded=%.1f MiB restored=%.1f MiB "
-                   "device released peak=%.1f MiB copy=%.3f s stall=%.3f s pool-full=%llu restore-oom=%llu "
-                   "driver-errors=%llu peer-mismatches=%llu peer-lost=%llu verify-failures=%llu\n",
-                   (int)getpid(), ckpt_mode_name(ckpt_g.mode), (unsigned long long)s.regions_opened,
-                   (unsigned long long)s.tagged_allocs, s.offloaded_bytes_total / 1048576.0,
-                   s.restored_bytes_total / 1048576.0, s.device_bytes_released_peak / 1048576.0,
-                   s.copy_seconds_total, s.stall_seconds_total, (unsigned long long)s.host_pool_exhausted,
-                   (unsigned long long)s.restore_oom, (unsigned long long)s.driver_errors,
-                   (unsigned long long)s.peer_mismatches, (unsigned long long)s.peer_lost,
-                   (unsigned long long)s.verify_failures);
-  if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
 /* Gives back what libckpt holds of the driver (caches, pool, streams, events,
@@ -76,10 +57,8 @@ static void at_exit(void) {
   UNLOCK();
   bool stopped = ckpt_engine_stop();
   if (ckpt_g.tagging) release_at_exit(stopped);
-  ckpt_observe_exit();
-  if (ckpt_param_int(CKPT_P_STATS_AT_EXIT) &&
-      __atomic_load_n(&ckpt_g.hot.hooked_calls, __ATOMIC_RELAXED) + ckpt_g.stats.regions_opened > 0)
-    print_summary();
+  ckpt_startup_exit_warnings();
+  ckpt_observe_exit(); /* and the exit summary (CKPT_STATS_AT_EXIT) */
 }
 
 static void init(void) {

@@ -84,6 +84,33 @@ static int expand_path(const char *in, char *out, size_t cap) {
   return 0;
 }
 
+/* Called once log_fd is stderr, so this does not come back to the file. */
+static void report_unusable(const char *path, int err) {
+  char ebuf[128];
+  const char *etext = strerror_r(err, ebuf, sizeof ebuf);
+  ckpt_log_emit(CKPT_LOG_WARN, __FILE__, __LINE__, "cannot open CKPT_DEBUG_FILE %s: %s; logging to stderr",
+                err == ENAMETOOLONG ? log_path : path, etext);
+}
+
+/* 0 when the file could be opened for appending (or created), else the errno
+ * saying why not. Creates nothing and keeps nothing open: the file is still
+ * opened at the first message. O_NONBLOCK: a FIFO must not block the probe. */
+static int probe_log_file(const char *path) {
+  int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  if (errno != ENOENT) return errno;
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == dir) dir[1] = '\0';
+  else *slash = '\0';
+  return access(dir, W_OK | X_OK) == 0 ? 0 : errno;
+}
+
 /* First message after configure: open the file. Racing threads may both open;
  * the one that publishes its fd wins and only it reports a failure. */
 static int open_log_file(void) {
@@ -104,12 +131,7 @@ static int open_log_file(void) {
   if (fd >= 0) {
     log_fd_owned = 1;
   } else {
-    /* log_fd is stderr now, so this does not come back here. */
-    char ebuf[128];
-    const char *etext = strerror_r(err, ebuf, sizeof ebuf);
-    ckpt_log_emit(CKPT_LOG_WARN, __FILE__, __LINE__,
-                  "cannot open CKPT_DEBUG_FILE %s: %s; logging to stderr",
-                  err == ENAMETOOLONG ? log_path : path, etext);
+    report_unusable(path, err);
   }
   return want;
 }
@@ -121,19 +143,19 @@ static int log_dest(void) {
   return fd == LOG_FD_PENDING ? open_log_file() : fd;
 }
 
-void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...) {
+/* level < 0: no level name, whatever the current level (ckpt_log_print). */
+__attribute__((format(printf, 4, 0)))
+static void emit(int level, const char *file, int line, const char *fmt, va_list ap) {
   int saved_errno = errno; /* callers are hooks: the host program reads errno */
   char buf[LOG_LINE_MAX];
   size_t len = 0;
-  appendf(buf, sizeof buf, &len, "libckpt[%d] %s ", (int)getpid(), level_name(level));
-  if (file && __atomic_load_n(&ckpt_log_level, __ATOMIC_RELAXED) >= CKPT_LOG_TRACE) {
+  appendf(buf, sizeof buf, &len, "libckpt[%d] ", (int)getpid());
+  if (level >= 0) appendf(buf, sizeof buf, &len, "%s ", level_name(level));
+  if (level >= 0 && file && __atomic_load_n(&ckpt_log_level, __ATOMIC_RELAXED) >= CKPT_LOG_TRACE) {
     const char *base = strrchr(file, '/');
     appendf(buf, sizeof buf, &len, "%s:%d ", base ? base + 1 : file, line);
   }
-  va_list ap;
-  va_start(ap, fmt);
   append(buf, sizeof buf, &len, fmt, ap);
-  va_end(ap);
   while (len > 0 && buf[len - 1] == '\n') len--;
   buf[len++] = '\n';
 
@@ -141,6 +163,32 @@ void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...) 
   while (write(fd, buf, len) < 0 && errno == EINTR) {
   }
   errno = saved_errno;
+}
+
+void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  emit(level, file, line, fmt, ap);
+  va_end(ap);
+}
+
+void ckpt_log_print(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  emit(-1, NULL, 0, fmt, ap);
+  va_end(ap);
+}
+
+void ckpt_log_open_now(void) {
+  if (__atomic_load_n(&log_fd_override, __ATOMIC_ACQUIRE) >= 0) return;
+  if (__atomic_load_n(&log_fd, __ATOMIC_ACQUIRE) != LOG_FD_PENDING) return;
+  char path[PATH_MAX];
+  int err = -expand_path(log_path, path, sizeof path);
+  if (!err) err = probe_log_file(path);
+  if (!err) return; /* opened at the first message, as before */
+  int expected = LOG_FD_PENDING;
+  if (__atomic_compare_exchange_n(&log_fd, &expected, STDERR_FILENO, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    report_unusable(path, err);
 }
 
 /* A child of fork() logs to its own file when the name holds its pid. */

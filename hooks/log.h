@@ -42,6 +42,16 @@ extern int ckpt_log_level;
 void ckpt_log_emit(int level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* "libckpt[pid] message\n" to the same destination, whatever the level (the
+ * exit summary: asked for by CKPT_STATS_AT_EXIT, so CKPT_DEBUG does not hide it). */
+void ckpt_log_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Checks CKPT_DEBUG_FILE now (may it be opened, or created?) rather than at
+ * the first message, so that an unusable path is reported at start (once,
+ * path and reason; logging then goes to stderr). Creates nothing: the file is
+ * still opened at the first message. */
+void ckpt_log_open_now(void);
+
 /* Called by params: sets the level and the log file (NULL or "" = stderr).
  * The file is opened on the first message; "%p" -> pid, "%h" -> hostname,
  * "%%" -> "%". A forked child re-opens it when the path has %p. */

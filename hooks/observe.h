@@ -32,14 +32,23 @@ enum ckpt_trace_kind {
   CKPT_T_REGION_OPEN = 1, /* region, name */
   CKPT_T_REGION_CLOSE,    /* region */
   CKPT_T_OFFLOAD_START,   /* region (top), bytes, stream = copy stream */
-  CKPT_T_OFFLOAD_END,     /* region, bytes, value = copy ns */
+  CKPT_T_OFFLOAD_END,     /* region, bytes swapped, stream = their device bytes, value = copy ns */
   CKPT_T_RESTORE_START,
   CKPT_T_RESTORE_END,
   CKPT_T_STALL,           /* region, value = ns the caller waited */
   CKPT_T_STEP,            /* a new cycle */
-  CKPT_T_MEM,             /* value = device bytes used (cuMemGetInfo) */
+  CKPT_T_MEM,             /* value = device bytes used (cuMemGetInfo), bytes = released by libckpt */
+  CKPT_T_OFFLOAD_ROLLBACK, /* region, bytes not swapped, value = items (before the END) */
+  CKPT_T_RESTORE_ROLLBACK,
 };
 void ckpt_trace(int kind, int region, const char *name, uint64_t bytes, uintptr_t stream, uint64_t value);
+bool ckpt_trace_enabled(void); /* CKPT_TRACE is on (a relaxed load) */
+
+/* Device memory (cuMemGetInfo, driver loaded): a CKPT_T_MEM record, and the
+ * peaks of the exit summary (used, and used + released by libckpt). At region
+ * boundaries and after swaps; `always`: also when not tracing (region close:
+ * the stats' device peak). Lock held. */
+void ckpt_observe_mem(bool always);
 
 /* The live stats segment: copy ckpt_g.stats and the name table (lock held). */
 void ckpt_publish(void);

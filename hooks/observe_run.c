@@ -57,7 +57,9 @@ static void observer_join(void) {
 
 /* ---- start and stop ------------------------------------------------------ */
 
+
 void ckpt_observe_init(const char *mode) {
+  ckpt_observe_mode = mode;
   const char *trace_path = ckpt_param_str(CKPT_P_TRACE);
   bool profile = ckpt_param_int(CKPT_P_PROFILE), sync = ckpt_param_int(CKPT_P_SYNC);
   bool tracing = trace_path[0] && ckpt_trace_open(trace_path);
@@ -81,6 +83,7 @@ void ckpt_observe_exit(void) {
   LOCK();
   ckpt_shm_remove();
   UNLOCK();
+  ckpt_observe_summary();
 }
 
 /* The child of a fork: the segment and the trace are the parent's, the

@@ -23,7 +23,6 @@ extern struct ckpt_observer ckpt_observer;
 
 /* trace.c */
 bool ckpt_trace_open(const char *path);
-bool ckpt_trace_enabled(void);
 /* A record followed by `text` (NUL-padded) in as many records as it takes. */
 void ckpt_trace_text(int kind, int id, uint64_t bytes, uint64_t value, const char *text);
 void ckpt_trace_flush(void); /* observer thread, exit */
@@ -43,6 +42,11 @@ int ckpt_callsite_top(struct ckpt_seg_site *out, int max);
 int ckpt_callsite_symbolize(void); /* observer thread: sites symbolised now */
 void ckpt_callsite_report_trace(void); /* exit: the top sites into the trace */
 void ckpt_callsite_forked(void);
+
+/* observe_mem.c: the exit summary line (CKPT_STATS_AT_EXIT), after the
+ * engine stopped; lock NOT held. */
+void ckpt_observe_summary(void);
+extern const char *ckpt_observe_mode; /* the mode's name, for the summary */
 
 /* profile.c */
 void ckpt_profile_forked(void);

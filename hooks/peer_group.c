@@ -65,7 +65,7 @@ static CUresult exchange_buffers(int device) {
   CUresult r;
   CU_CHECK_GOTO(ckpt_vmm_create_device(device, xdev_size, &xdev_h), r, fail);
   CU_CHECK_GOTO(ckpt_vmm_reserve(xdev_size, gran, &xdev), r, fail_h);
-  CU_CHECK_GOTO(ckpt_vmm_map(xdev, xdev_size, xdev_h, device), r, fail_va);
+  CU_CHECK_GOTO(ckpt_vmm_map(xdev, xdev_size, xdev_h, CKPT_DEV_BIT(device)), r, fail_va);
   size_t hs = (size_t)SLOTS * (size_t)(group_size + 1) * sizeof(struct ckpt_peer_desc);
   CU_CHECK_GOTO(DRV(cuMemHostAlloc, (void **)&xhost, hs, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP), r,
                 fail_map);

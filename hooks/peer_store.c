@@ -93,9 +93,9 @@ static struct slab *slab_new(struct where *w, int device, size_t need, bool cont
   CUresult r = w->loc == CKPT_VMM_DEVICE ? ckpt_device_handle(device, s->size, &s->h)
                                          : ckpt_vmm_create_host(device, s->size, &s->h);
   if (r != CUDA_SUCCESS) goto fail;
-  if ((r = ckpt_vmm_reserve(s->size, ckpt_vmm_granularity(device, CKPT_VMM_DEVICE), &s->va)) != CUDA_SUCCESS)
+  if ((r = ckpt_vmm_reserve(s->size, slab_gran(device, w->loc), &s->va)) != CUDA_SUCCESS)
     goto fail_h;
-  if ((r = ckpt_vmm_map(s->va, s->size, s->h, device)) != CUDA_SUCCESS) goto fail_va;
+  if ((r = ckpt_vmm_map(s->va, s->size, s->h, CKPT_DEV_BIT(device))) != CUDA_SUCCESS) goto fail_va;
   s->contiguous = contiguous;
   s->kept = contiguous || w->loc == CKPT_VMM_HOST || ckpt_param_int(CKPT_P_CONTIGUOUS);
   s->job = job_no;

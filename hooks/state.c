@@ -41,6 +41,7 @@ void ckpt_stats_snapshot(struct ckpt_stats *out) {
   HOT(driver_errors);
   HOT(device_used_now);
   HOT(device_used_peak);
+  HOT(captured_allocs);
 #undef HOT
   out->size = sizeof *out;
 }

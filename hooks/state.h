@@ -40,7 +40,7 @@ struct ckpt_global {
   /* Counters the lock-free paths update atomically: kept apart from `stats`
    * so that a locked copy of it never reads them plainly. */
   struct {
-    uint64_t hooked_calls, untagged_allocs, driver_errors, device_used_now, device_used_peak;
+    uint64_t hooked_calls, untagged_allocs, driver_errors, device_used_now, device_used_peak, captured_allocs;
   } hot;
 };
 extern struct ckpt_global ckpt_g;

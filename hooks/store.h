@@ -9,7 +9,10 @@
  * and `handle` is 0 (the VA is not remapped onto the store: it stays
  * reserved, unmapped, until the restore; peer_store.c).
  *
- * Every function runs with the core lock held, on the survivor's context. */
+ * Every function runs with the core lock held, on the survivor's context.
+ * None creates memory on the caller's thread (growing a store is slow: the
+ * host pool grows on its own thread); put returns a *pending* held instead,
+ * which the engine completes with resume before it swaps anything. */
 #ifndef CKPT_STORE_H
 #define CKPT_STORE_H
 #include <stdbool.h>
@@ -28,6 +31,7 @@ struct ckpt_held {
   uint64_t sum;                        /* CKPT_VERIFY: checksum of the bytes at offload (copy.c) */
   bool summed;                         /* sum is set */
   bool lost_said;                      /* lost() was reported for it (copy.c) */
+  bool pending;                        /* the room is being made: no copy enqueued yet (resume) */
 };
 
 /* A job's items as the job hooks see them: dst is the restore target. */
@@ -55,12 +59,19 @@ struct ckpt_store {
    * mapped bytes on `device`) into the store on `stream`; NULL with *fail. */
   struct ckpt_held *(*put)(int device, size_t size, CUdeviceptr src, size_t bytes, CUstream stream,
                            struct ckpt_store_fail *fail);
+  /* A pending held: enqueues put's copy once the room is there. CUDA_SUCCESS
+   * (no longer pending), CUDA_ERROR_NOT_READY (still being made), or the
+   * failure with *fail (h is gone, as after drop). */
+  CUresult (*resume)(struct ckpt_held *h, CUdeviceptr src, size_t bytes, CUstream stream,
+                     struct ckpt_store_fail *fail);
   /* Enqueues the copy of the held bytes into device VA dst on `stream` (a
    * failure is logged by the store). */
   CUresult (*get)(struct ckpt_held *h, CUdeviceptr dst, size_t bytes, CUstream stream);
-  /* The bytes are no longer needed: the room goes back to the store. */
+  /* The bytes are no longer needed (or, pending, never will be): the room
+   * goes back to the store. */
   void (*drop)(struct ckpt_held *h);
-  /* Gives idle room back to the driver (ckpt_release_cached, exit). */
+  /* Gives idle room back to the driver (ckpt_release_cached, exit), once
+   * the room being made is made. */
   void (*release_idle)(void);
   /* Optional hooks, for a store whose ranks act together (NULL: none). */
   /* Before an offload job's puts: the bytes of its n survivors (room for all

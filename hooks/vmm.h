@@ -1,6 +1,7 @@
 /* The VMM primitives: the only module that calls the driver's virtual-memory
  * functions (cuMemAddressReserve/Free, cuMemCreate/Release, cuMemMap/Unmap,
- * cuMemSetAccess, cuMemGetAllocationGranularity, the pool trim).
+ * cuMemSetAccess, cuMemGetAllocationGranularity, the pool trim and its
+ * access list).
  *
  * Contracts: every function returns the driver's code and leaves nothing
  * behind on failure (a failed map is unmapped again). Only the functions
@@ -10,13 +11,19 @@
 #define CKPT_VMM_H
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cu.h"
 
-enum ckpt_vmm_location { CKPT_VMM_DEVICE, CKPT_VMM_HOST };
+/* CKPT_VMM_BOTH: memory that may be backed by either location in turn (a
+ * tagged allocation, a host block): the larger of the two granularities
+ * (powers of two, so also a multiple of both). */
+enum ckpt_vmm_location { CKPT_VMM_DEVICE, CKPT_VMM_HOST, CKPT_VMM_BOTH };
 
 /* Minimum granularity of memory of `location` for `device` (2 MiB when the
- * driver does not say; queried once per device and location). */
+ * driver does not say; queried once per device and location). The host one
+ * is asked with the host location type(s) the host memory of `device` may
+ * be created with (the largest of their answers). */
 size_t ckpt_vmm_granularity(int device, enum ckpt_vmm_location location);
 
 /* Reserves `size` bytes of VA aligned to `align`; logged, except when the
@@ -28,18 +35,38 @@ void ckpt_vmm_free_va(CUdeviceptr va, size_t size);
 
 /* Physical memory of `size` bytes on `device`. Not logged. */
 CUresult ckpt_vmm_create_device(int device, size_t size, CUmemGenericAllocationHandle *out);
-/* Pinned host memory usable by `device`: CU_MEM_LOCATION_TYPE_HOST, or
- * HOST_NUMA node 0 when the driver refuses HOST (probed once, then only the
- * accepted type is asked). Not logged, except a HOST refusal that is neither
- * "unsupported" nor "invalid value" (counted, said once). */
+/* Pinned host memory usable by `device`, on the device's host NUMA node:
+ * CU_MEM_LOCATION_TYPE_HOST_NUMA with CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID where
+ * the driver has it, else CU_MEM_LOCATION_TYPE_HOST, else HOST_NUMA node 0
+ * (probed once per device, said once at INFO). `size` a multiple of
+ * ckpt_vmm_granularity(device, CKPT_VMM_HOST). Not logged, except a refusal
+ * that is neither "unsupported" nor "invalid value" (counted, said once). */
 CUresult ckpt_vmm_create_host(int device, size_t size, CUmemGenericAllocationHandle *out);
+/* Test hook: called on the creating thread before each host-memory create. */
+extern void (*ckpt_vmm_host_create_hook)(void);
+/* Where host memory of `device` goes, for the log and the stats: "HOST_NUMA
+ * node 1", "HOST", or "not probed yet". */
+const char *ckpt_vmm_host_placement(int device);
 /* Gives the stream-ordered pool's cached memory of `device` back to the
  * driver; CUDA_SUCCESS when it did. Not logged. */
 CUresult ckpt_vmm_trim_pool(int device);
 
-/* Maps h at va and grants `device` read-write access; on an access failure
- * the mapping is undone (that failure is logged, the map's is not). */
-CUresult ckpt_vmm_map(CUdeviceptr va, size_t size, CUmemGenericAllocationHandle h, int device);
+/* Devices as a bit mask (bit d: device d; devices >= 64 are not granted). */
+typedef uint64_t ckpt_devmask;
+#define CKPT_DEV_BIT(d) ((d) >= 0 && (d) < 64 ? (ckpt_devmask)1 << (d) : 0)
+/* The devices granted read-write access by the current stream-ordered pool
+ * of `device` (cuDeviceGetMemPool, cuMemPoolGetAccess for each other device),
+ * `device` itself included. One query per other device, none with one
+ * device; on a query failure the device alone. Not logged. */
+ckpt_devmask ckpt_vmm_pool_access(int device);
+/* Grants read-write access on [va, va+size) to the devices of `grant` and
+ * takes it from those of `revoke` (not in `grant`). Not logged. */
+CUresult ckpt_vmm_set_access(CUdeviceptr va, size_t size, ckpt_devmask grant, ckpt_devmask revoke);
+
+/* Maps h at va and grants the devices of `access` read-write access; on an
+ * access failure the mapping is undone (that failure is logged, the map's
+ * is not). */
+CUresult ckpt_vmm_map(CUdeviceptr va, size_t size, CUmemGenericAllocationHandle h, ckpt_devmask access);
 /* Not logged. */
 CUresult ckpt_vmm_unmap(CUdeviceptr va, size_t size);
 /* Not logged. */
@@ -51,11 +78,21 @@ enum { CKPT_VMM_UNMAP = 1, CKPT_VMM_RELEASE = 2, CKPT_VMM_FREE_VA = 4 };
  * `logged`: each failure of the unmap and the release is logged and counted. */
 void ckpt_vmm_teardown(CUdeviceptr va, size_t size, CUmemGenericAllocationHandle h, unsigned what, bool logged);
 
-/* Moves va from the handle it is mapped to onto `to`. Unmaps, maps `to`; when
- * that map fails, maps `back` again. CUDA_SUCCESS, or the failing code with
- * *stranded set when va could not be mapped back either (its data is then
- * only in `to`'s source). The unmap's failure is logged. Mapped memory is
- * never touched: the caller guarantees nothing runs on va meanwhile (gates). */
-CUresult ckpt_vmm_remap(CUdeviceptr va, size_t size, int device, CUmemGenericAllocationHandle to,
-                        CUmemGenericAllocationHandle back, bool *stranded);
+/* What a remap left at va. */
+enum ckpt_remap { CKPT_REMAP_TO, CKPT_REMAP_BACK, CKPT_REMAP_NONE };
+/* Moves va from the handle it is mapped to (`back`) onto `to`: unmaps, maps
+ * `to`, sets the access of `access`. A step that answers CUDA_ERROR_NOT_READY
+ * is retried a bounded number of times; when `to` cannot be mapped, `back`
+ * is mapped again. Returns what va maps now: TO, BACK (also when the unmap
+ * failed: nothing moved), or NONE: va is unmapped (both copies still hold
+ * the data; ckpt_vmm_map_either can be retried later). *rc: the first
+ * failure (CUDA_SUCCESS for TO). Every failure is logged. Mapped memory is
+ * never touched: the caller guarantees nothing runs on va meanwhile (gates).
+ * `to` 0: va is only unmapped (TO once the unmap succeeded; a peer slice). */
+enum ckpt_remap ckpt_vmm_remap(CUdeviceptr va, size_t size, ckpt_devmask access, CUmemGenericAllocationHandle to,
+                               CUmemGenericAllocationHandle back, CUresult *rc);
+/* va is unmapped: maps `to`, else `back` (with the same retries); logged. */
+enum ckpt_remap ckpt_vmm_map_either(CUdeviceptr va, size_t size, ckpt_devmask access,
+                                    CUmemGenericAllocationHandle to, CUmemGenericAllocationHandle back,
+                                    CUresult *rc);
 #endif

@@ -102,6 +102,10 @@ struct ckpt_stats {
   uint64_t driver_errors;         /* failed driver calls libckpt made itself (logged or worked around) */
   uint64_t device_used_now;       /* from cuMemGetInfo, last sample */
   uint64_t device_used_peak;
+  uint64_t gate_timeouts;         /* gates opened without swapping: an arrival or the submission lock timed out */
+  uint64_t captured_allocs;       /* allocations on a capturing stream, passed through untagged */
+  uint64_t swaps_deferred_capture; /* gates refused (batch rolled back) while a capture was active on the device */
+  uint64_t streams_known;         /* streams libckpt fences and holds now (all devices) */
   /* peer modes, contiguous buffers, verify (appended: older readers stop above) */
   uint64_t peer_bytes_in_use;     /* bytes of this rank's slices held now (device or host slabs) */
   uint64_t peer_slab_bytes;       /* bytes of slice buffers (slabs) created, in use + idle */
@@ -213,6 +217,11 @@ int ckpt_rng_reset(void);
  * negative tp_rank. */
 int ckpt_rng_model_parallel_seed(unsigned long long seed, int tp_rank);
 
+/* Called by the Python package (ckpt.autopatch) once it has installed what
+ * CKPT_PATCH / CKPT_REGIONS ask for; only sets a flag, returns 0. In a Python process
+ * where it was never called, libckpt warns at exit that those variables had
+ * no effect (LD_PRELOAD without ckpt-run). */
+int ckpt_python_loaded(void);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,10 @@
 #define _GNU_SOURCE
 #include "../hooks/core.h"
 #include "../hooks/driver.h"
+#include "../hooks/streams.h"
+#include "../hooks/submit.h"
+
+#include <cudaTypedefs.h>
 
 #include <curand.h>
 
@@ -13,7 +17,9 @@
 
 enum hook_id {
 #define CKPT_HOOK(sym, base, ver, ptsz, lib) HOOK_##sym,
+#define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) HOOK_##sym,
 #include "hooked.def"
+#undef CKPT_SUBMIT
 #undef CKPT_HOOK
   HOOK__COUNT
 };
@@ -31,9 +37,18 @@ enum hook_lib { LIB_CUDA, LIB_CURAND };
 /* The real driver's function behind each hooked driver symbol, typed. */
 static struct {
 #define CKPT_HOOK(sym, base, ver, ptsz, lib) REAL_SLOT_##lib(sym)
+#define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) pfn sym;
 #include "hooked.def"
+#undef CKPT_SUBMIT
 #undef CKPT_HOOK
 } real;
+
+/* The generated wrappers (below), declared for the table. */
+#define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) CKPT_API CUresult CUDAAPI sym params;
+#define CKPT_HOOK(sym, base, ver, ptsz, lib)
+#include "hooked.def"
+#undef CKPT_HOOK
+#undef CKPT_SUBMIT
 
 /* Our wrapper for each symbol, with what cuGetProcAddress needs to pick it. */
 struct hook {
@@ -46,7 +61,9 @@ struct hook {
 static const struct hook hooks[HOOK__COUNT] = {
 #define CKPT_HOOK(sym, base, ver, ptsz, lib) \
   [HOOK_##sym] = {#sym, #base, ver, ptsz, LIB_##lib, (void *)sym, REAL_REF_##lib(sym)},
+#define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) CKPT_HOOK(sym, base, ver, ptsz, CUDA)
 #include "hooked.def"
+#undef CKPT_SUBMIT
 #undef CKPT_HOOK
 };
 
@@ -149,6 +166,50 @@ CKPT_API CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
   if (rc == CUDA_SUCCESS && free_bytes && total_bytes) ckpt_note_mem_info(*free_bytes, *total_bytes);
   return rc;
 }
+
+/* ---- streams, submissions and captures (hooked.def, CKPT_SUBMIT) ---------
+ * Generated: the core is told what `kind` needs before (PRE, no lock), inside
+ * the shared side of the submission lock (IN: after the real call, so that a
+ * gate's exclusive side sees a consistent capture count) and after (POST).
+ * Not counted in hooked_calls: a launch must cost no shared cache line. */
+#define PRE_ENQ(ptsz, args)
+#define IN_ENQ(ptsz, args)
+#define POST_ENQ(ptsz, args)
+#define PRE_CAPBEGIN(ptsz, args) ckpt_stream_capture_begins(first_arg args, ptsz)
+#define IN_CAPBEGIN(ptsz, args) ckpt_capture_begun(first_arg args, ptsz, rc)
+#define POST_CAPBEGIN(ptsz, args)
+#define PRE_CAPEND(ptsz, args)
+#define IN_CAPEND(ptsz, args) ckpt_capture_ended(first_arg args, ptsz)
+#define POST_CAPEND(ptsz, args)
+#define PRE_SCREATE(ptsz, args)
+#define IN_SCREATE(ptsz, args)
+#define POST_SCREATE(ptsz, args) \
+  if (rc == CUDA_SUCCESS) ckpt_stream_created(*first_arg args)
+#define PRE_SDESTROY(ptsz, args) ckpt_stream_destroying(first_arg args)
+#define IN_SDESTROY(ptsz, args)
+#define POST_SDESTROY(ptsz, args)
+#define first_arg(a, ...) (a)
+
+#undef CALL_REAL
+#define CALL_REAL CUDA_ERROR_NOT_FOUND /* replaced per wrapper below */
+#define CKPT_SUBMIT(kind, sym, base, ver, ptsz, pfn, params, args) \
+  CKPT_API CUresult CUDAAPI sym params { \
+    ckpt_init(); \
+    pthread_once(&real_once, resolve_real); \
+    if (!real.sym) return CUDA_ERROR_NOT_FOUND; \
+    if (ckpt_in_lib) return real.sym args; \
+    PRE_##kind(ptsz, args); \
+    bool locked = ckpt_submit_enter(); \
+    CUresult rc = real.sym args; \
+    IN_##kind(ptsz, args); \
+    ckpt_submit_leave(locked); \
+    POST_##kind(ptsz, args); \
+    return rc; \
+  }
+#define CKPT_HOOK(sym, base, ver, ptsz, lib)
+#include "hooked.def"
+#undef CKPT_HOOK
+#undef CKPT_SUBMIT
 
 /* ---- cuGetProcAddress: the CUDA runtime's way in ------------------------- */
 

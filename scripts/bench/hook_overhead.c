@@ -73,6 +73,18 @@ static void tagged_pairs(CUstream s, int n) {
   if (region_end) region_end();
 }
 
+/* Pass-through launches: one per iteration, a synchronisation every 64. The
+ * simulated driver has no cuLaunchKernel: cuLaunchHostFunc goes through the
+ * same generated submission wrapper (preload/hooked.def, CKPT_SUBMIT ENQ). */
+static __typeof__(cuLaunchHostFunc) *launch_host_func;
+static void CUDA_CB nop(void *arg) { (void)arg; }
+static void launches(CUstream s, int n) {
+  for (int i = 0; i < n; i++) {
+    CU(launch_host_func(s, nop, NULL));
+    if (i % 64 == 63) CU(sync_stream(s));
+  }
+}
+
 static CUdeviceptr probe;
 static void queries(CUstream s, int n) {
   (void)s;
@@ -93,6 +105,7 @@ int main(int argc, char **argv) {
   sync_stream = sync;
   alloc_async = dlsym(h, "cuMemAllocAsync");
   free_async = dlsym(h, "cuMemFreeAsync");
+  launch_host_func = dlsym(h, "cuLaunchHostFunc");
   *(void **)&region_begin = dlsym(RTLD_DEFAULT, "ckpt_region_begin");
   *(void **)&region_end = dlsym(RTLD_DEFAULT, "ckpt_region_end");
   *(void **)&query = dlsym(RTLD_DEFAULT, "ckpt_query");
@@ -110,6 +123,8 @@ int main(int argc, char **argv) {
   double tagged = median_ns(tagged_pairs, s, n);
   printf("%s: untagged alloc+free %.0f ns, 8 MiB %s alloc+free %.0f ns", region_begin ? "libckpt" : "plain", small,
          region_begin ? "tagged" : "", tagged);
+  launches(s, 1000);
+  printf(", launch %.0f ns", median_ns(launches, s, n));
   if (query) {
     if (region_begin) region_begin("probe");
     CU(alloc_async(&probe, 8 << 20, s));

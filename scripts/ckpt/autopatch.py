@@ -76,7 +76,23 @@ def install(environ: Optional[Mapping[str, str]] = None) -> List[str]:
             postimport.when_imported("torch.nn.modules.module", lambda module: _hook_modules(module, names))
         done.append("regions")
     installed.extend(name for name in done if name not in installed)
+    _tell_libckpt()
     return done
+
+
+def _tell_libckpt() -> None:
+    """Tells the C side that the package ran here: otherwise libckpt warns at
+    exit that CKPT_PATCH / CKPT_REGIONS did nothing (LD_PRELOAD without ckpt-run).
+    ckpt_python_loaded only sets a flag; an older libckpt lacks it."""
+    import ctypes
+
+    try:
+        fn = getattr(ctypes.CDLL(None), "ckpt_python_loaded", None)
+    except OSError:
+        return
+    if fn is not None:
+        fn.restype = ctypes.c_int
+        fn()
 
 
 install()

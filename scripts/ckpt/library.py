@@ -50,6 +50,10 @@ class CkptStats(ctypes.Structure):
         ("driver_errors", ctypes.c_uint64),
         ("device_used_now", ctypes.c_uint64),
         ("device_used_peak", ctypes.c_uint64),
+        ("gate_timeouts", ctypes.c_uint64),
+        ("captured_allocs", ctypes.c_uint64),
+        ("swaps_deferred_capture", ctypes.c_uint64),
+        ("streams_known", ctypes.c_uint64),
     ]
 
 
@@ -84,6 +88,7 @@ SIGNATURES = {
                                              ctypes.POINTER(ctypes.c_ulonglong)]),
     "ckpt_rng_reset": (ctypes.c_int, []),
     "ckpt_rng_model_parallel_seed": (ctypes.c_int, [ctypes.c_ulonglong, ctypes.c_int]),
+    "ckpt_python_loaded": (ctypes.c_int, []),
 }
 
 

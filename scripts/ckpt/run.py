@@ -22,8 +22,10 @@ usage: ckpt-run [--sim] [--mode MODE] [--patch torch|none] [--regions CLASSES]
                 [--library PATH] [--quiet] [--] CMD [ARGS...]
 
 Runs CMD with libckpt preloaded (LD_PRELOAD), the ckpt Python package loaded
-at interpreter start when CKPT_PATCH/CKPT_REGIONS ask for it, and a summary
-line printed when CMD exits (CKPT_STATS_AT_EXIT=1).
+at interpreter start when CKPT_PATCH/CKPT_REGIONS ask for it, and libckpt's
+summary line printed when CMD exits (CKPT_STATS_AT_EXIT=1): the device peak
+without and with libckpt, the stall, then the counters (to CKPT_DEBUG_FILE
+when that is set).
 
   --sim             use the simulated driver, NCCL and cuRAND (tests/simdev of a
                     build tree: libcuda.so.1, libnccl.so.2, libcurand.so.10)

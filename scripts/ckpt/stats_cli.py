@@ -26,7 +26,7 @@ import sys
 import time
 
 from .stats_segment import SegmentError, clean_stale, list_segments, read_pid, stale_reason
-from .stats_trace import TraceError, plot, read_trace, summary
+from .stats_trace import TraceError, peak_note, plot, read_trace, summary
 from .symbols import Resolver
 
 
@@ -221,6 +221,14 @@ def trace_text(sm):
                  f"{r['bwd_seconds']:.3f}"] for r in sm["regions"]]
         out += ["", table(rows, ["region", "count", "offload jobs", "offloaded", "restore jobs", "restored",
                                  "copy s", "GB/s", "stall s", "fwd s", "bwd s"])]
+    tot = sm.get("totals") or {}
+    if tot.get("offload_rolled_back_bytes") or tot.get("restore_rolled_back_bytes"):
+        out.append(f"rolled back (copied, not swapped; not counted above): "
+                   f"{human(tot['offload_rolled_back_bytes'])} of offloads, "
+                   f"{human(tot['restore_rolled_back_bytes'])} of restores")
+    peak = sm.get("device_peak") or {}
+    if peak.get("used") is not None:
+        out.append(f"device {peak_note(peak)} (without libckpt = in use + released by libckpt, at the samples)")
     if sm["steps"]:
         rows = [[s["step"], f"{s['start']:.3f}", f"{s['seconds']:.3f}", s["regions"], human(s["offloaded_bytes"]),
                  human(s["restored_bytes"]), f"{s['stall_seconds']:.3f}", human(s["device_used_peak"])]

@@ -4,6 +4,11 @@ stream's activity over time.
 
 A record carries `text` = how many following records hold NUL-padded text
 (region names, call-site frames); they are not events themselves.
+
+Versions 1 and 2 are read (what changed: hooks/trace_format.h). In a version 1
+trace an offload or restore job's bytes are every item it copied, including
+items rolled back rather than swapped, and memory samples do not carry the
+bytes libckpt had released, so "without libckpt" is rebuilt from the jobs.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 MAGIC = b"CKPTTRCE"
-VERSION = 1
+VERSION = 2                # the version libckpt writes
+READS = (1, 2)             # the versions this reader understands
 HEADER = struct.Struct("<8sIIIiQQ")  # magic, version, header_size, record_size, pid, start mono, start realtime
 RECORD = struct.Struct("<QHHiQQQ")   # t_ns, kind, text, region, bytes, stream, value
 
-REGION_OPEN, REGION_CLOSE, OFFLOAD_START, OFFLOAD_END, RESTORE_START, RESTORE_END, STALL, STEP, MEM = range(1, 10)
+(REGION_OPEN, REGION_CLOSE, OFFLOAD_START, OFFLOAD_END, RESTORE_START, RESTORE_END, STALL, STEP, MEM,
+ OFFLOAD_ROLLBACK, RESTORE_ROLLBACK) = range(1, 12)
 NAME, SITE, FWD, BWD, DROPPED = 32, 33, 34, 35, 36
 
 
@@ -47,6 +54,7 @@ class Trace:
     region_names: Dict[int, str]   # region id -> region name
     sites: List[Dict[str, object]] = field(default_factory=list)
     dropped: int = 0
+    version: int = 1               # of the file; read_trace sets it
 
     @property
     def duration(self) -> float:
@@ -64,8 +72,9 @@ def read_trace(path: str) -> Trace:
     magic, version, header_size, record_size, pid, start_mono, start_rt = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise TraceError(f"{path}: not a libckpt trace (bad magic)")
-    if version != VERSION:
-        raise TraceError(f"{path}: trace version {version}, this ckpt-stats reads version {VERSION}")
+    if version not in READS:
+        raise TraceError(f"{path}: trace version {version}, this ckpt-stats reads versions "
+                         f"{', '.join(map(str, READS))}")
     if header_size < HEADER.size or record_size < RECORD.size or header_size > len(data):
         raise TraceError(f"{path}: header size {header_size} / record size {record_size} not understood")
     body = len(data) - header_size
@@ -73,7 +82,8 @@ def read_trace(path: str) -> Trace:
         raise TraceError(f"{path}: truncated trace: it ends {body % record_size} bytes into a record "
                          f"(after {body // record_size} whole records)")
     n = body // record_size
-    trace = Trace(path=path, pid=pid, start_realtime=start_rt / 1e9, events=[], names={}, region_names={})
+    trace = Trace(path=path, pid=pid, start_realtime=start_rt / 1e9, events=[], names={}, region_names={},
+                  version=version)
     i = 0
     while i < n:
         off = header_size + i * record_size
@@ -110,7 +120,8 @@ def per_region(trace: Trace) -> List[Dict[str, object]]:
     def row(region: int) -> Dict[str, float]:
         name = trace.region_names.get(region, f"#{region}")
         return rows.setdefault(name, {"name": name, "regions": 0, "offload_jobs": 0, "offloaded_bytes": 0,
-                                      "restore_jobs": 0, "restored_bytes": 0, "copy_seconds": 0.0,
+                                      "restore_jobs": 0, "restored_bytes": 0, "offload_rolled_back_bytes": 0,
+                                      "restore_rolled_back_bytes": 0, "copy_seconds": 0.0,
                                       "stall_seconds": 0.0, "fwd_seconds": 0.0, "bwd_seconds": 0.0})
 
     for e in trace.events:
@@ -119,9 +130,13 @@ def per_region(trace: Trace) -> List[Dict[str, object]]:
         elif e.kind in (OFFLOAD_END, RESTORE_END):
             r = row(e.region)
             which = "offload" if e.kind == OFFLOAD_END else "restore"
-            r[f"{which}_jobs"] += 1
+            if e.bytes or trace.version < 2:  # v2: a job wholly rolled back moved nothing
+                r[f"{which}_jobs"] += 1
             r["offloaded_bytes" if which == "offload" else "restored_bytes"] += e.bytes
             r["copy_seconds"] += e.value / 1e9
+        elif e.kind in (OFFLOAD_ROLLBACK, RESTORE_ROLLBACK):
+            which = "offload" if e.kind == OFFLOAD_ROLLBACK else "restore"
+            row(e.region)[f"{which}_rolled_back_bytes"] += e.bytes
         elif e.kind == STALL:
             row(e.region)["stall_seconds"] += e.value / 1e9
         elif e.kind in (FWD, BWD):
@@ -183,18 +198,21 @@ def copy_intervals(trace: Trace) -> Dict[str, List[Tuple[float, float]]]:
 
 
 def memory_series(trace: Trace) -> Tuple[List[float], List[int], List[int]]:
-    """Times, device bytes used, and used + bytes libckpt holds offloaded then."""
+    """Times, device bytes used, and "without libckpt": used + the device bytes
+    libckpt had released by offloading at that moment (the exit summary's
+    definition). Version 2 samples carry that figure; for version 1 it is
+    rebuilt from the jobs (which there count rolled-back items too)."""
     released = 0
     ts, used, without = [], [], []
     for e in trace.events:
-        if e.kind == OFFLOAD_END:
+        if trace.version < 2 and e.kind == OFFLOAD_END:
             released += e.bytes
-        elif e.kind == RESTORE_END:
+        elif trace.version < 2 and e.kind == RESTORE_END:
             released = max(0, released - e.bytes)
         elif e.kind == MEM:
             ts.append(e.t)
             used.append(e.value)
-            without.append(e.value + released)
+            without.append(e.value + (e.bytes if trace.version >= 2 else released))
     return ts, used, without
 
 
@@ -227,10 +245,22 @@ def peak_note(peak: Dict[str, Optional[float]]) -> Optional[str]:
 
 
 def summary(trace: Trace) -> Dict[str, object]:
-    return {"path": os.path.abspath(trace.path), "pid": trace.pid, "version": VERSION,
+    return {"path": os.path.abspath(trace.path), "pid": trace.pid, "version": trace.version,
             "start_time": trace.start_realtime, "duration_seconds": trace.duration,
             "events": len(trace.events), "dropped": trace.dropped, "regions": per_region(trace),
-            "steps": per_step(trace), "call_sites": trace.sites, "device_peak": peak_saving(trace)}
+            "steps": per_step(trace), "call_sites": trace.sites, "device_peak": peak_saving(trace),
+            "totals": totals(trace)}
+
+
+def totals(trace: Trace) -> Dict[str, int]:
+    """Bytes swapped each way and bytes rolled back, over the whole trace:
+    comparable with the counters' offloaded / restored bytes (version 2)."""
+    out = {"offload_jobs": 0, "offloaded_bytes": 0, "restore_jobs": 0, "restored_bytes": 0,
+           "offload_rolled_back_bytes": 0, "restore_rolled_back_bytes": 0}
+    for r in per_region(trace):
+        for k in out:
+            out[k] += r[k]
+    return out
 
 
 def region_intervals(trace: Trace) -> List[Tuple[float, float, str, int]]:
@@ -300,7 +330,8 @@ def plot(trace: Trace, out_path: str) -> None:
     fig, (mem_ax, reg_ax, copy_ax) = plt.subplots(3, 1, figsize=(13, 7.5), sharex=True,
                                                    gridspec_kw={"height_ratios": [3, 1, 1]})
     if ts:
-        mem_ax.step(ts, [u / div for u in without], where="post", label="without libckpt (used + offloaded)",
+        mem_ax.step(ts, [u / div for u in without], where="post",
+                    label="without libckpt (used + released by libckpt)",
                     color="tab:red", alpha=0.7)
         mem_ax.step(ts, [u / div for u in used], where="post", label="device used (with libckpt)",
                     color="tab:blue")

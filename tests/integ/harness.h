@@ -134,4 +134,15 @@ static inline size_t pattern_check(const void *p, size_t n, uint64_t seed) {
 }
 
 #define MiB ((size_t)1 << 20)
+
+/* The granule of a tagged allocation: the larger of the device's and the
+ * host-located memory's granularities (its VA is backed by either). */
+static inline size_t tagged_granule(void) {
+  size_t g = 0, h = 0;
+  CUmemAllocationProp p = {.type = CU_MEM_ALLOCATION_TYPE_PINNED, .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE}};
+  cuMemGetAllocationGranularity(&g, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+  p.location.type = CU_MEM_LOCATION_TYPE_HOST;
+  cuMemGetAllocationGranularity(&h, &p, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+  return g > h ? g : h;
+}
 #endif

@@ -111,6 +111,25 @@ static size_t random_size(void) {
  * counts, sizes, restore orders and ways (restore, restore_ptr, prefetch+wait,
  * manual offload, untouched consumers reading host-backed memory). */
 static int roundtrip_tensors = 10000;
+/* ROUNDTRIP_STREAMS=N (up to 16): tensors are produced on N program streams
+ * besides compute and the legacy stream, and consumed on compute after a
+ * cross-stream event wait (or on their producer's stream). */
+#define MAX_PROG_STREAMS 16
+static int nprog;
+static CUstream prog[MAX_PROG_STREAMS];
+static CUevent prog_ev[MAX_PROG_STREAMS];
+
+static CUstream pick_stream(void) {
+  if (nprog && rnd() % 2) return prog[rnd() % (unsigned)nprog];
+  return (rnd() % 4) ? compute : 0;
+}
+/* compute waits for everything enqueued so far on the program streams. */
+static void join_streams(void) {
+  for (int i = 0; i < nprog; i++) {
+    CU(cuEventRecord(prog_ev[i], prog[i]));
+    CU(cuStreamWaitEvent(compute, prog_ev[i], 0));
+  }
+}
 
 static void roundtrip(uint64_t seed) {
   rng_state = seed ? seed : 1;
@@ -126,19 +145,21 @@ static void roundtrip(uint64_t seed) {
       first[r] = nt;
       int k = 1 + (int)(rnd() % 40);
       for (int i = 0; i < k && nt < 512; i++, nt++) {
-        CUstream s = (rnd() % 4) ? compute : 0;
+        CUstream s = pick_stream();
         alloc_tensor(&ts[nt], random_size(), rnd(), s);
         CHECK(ts[nt].region == ids[r]);
       }
       /* Sometimes a temporary dies inside its region (not a survivor). */
       if (nt - first[r] > 1 && rnd() % 3 == 0) {
         nt--;
+        join_streams();
         CU(cuMemFreeAsync(ts[nt].p, compute));
       }
       CHECK(ck.region_end() == ids[r]);
       if (rnd() % 5 == 0) CHECK(ck.offload(ids[r]) == 0); /* manual, on top of the policy */
     }
     first[nreg] = nt;
+    join_streams(); /* the producers' fills before any consumer on compute */
     /* Some offloads finished, some in flight: a consumer that never restores
      * must read correct bytes whatever the state. */
     if (rnd() % 3 == 0) {
@@ -359,8 +380,8 @@ static void accounting(void) {
     ck.region_end(); /* offloads a */
     CHECK(ck.wait(a) == 0);
     size_t after = simdev_device_used(0);
-    CHECK(before - after == 3 * 2 * MiB, "step %d: dropped %zd bytes", step, (ssize_t)(before - after));
-    CHECK(ck_stats().device_bytes_released == 3 * 2 * MiB);
+    CHECK(before - after == 3 * tagged_granule(), "step %d: dropped %zd bytes", step, (ssize_t)(before - after));
+    CHECK(ck_stats().device_bytes_released == 3 * tagged_granule());
     CHECK(ck.restore(a) == 0);
     for (int i = 0; i < 3; i++) {
       if (step % 100 == 0) host_check(&x[i], "accounting");
@@ -430,6 +451,12 @@ int main(int argc, char **argv) {
    * lazily, at the first message, so removing it here is in time). */
   if (argc > 2 && (!strcmp(t, "pool_exhaustion") || !strcmp(t, "restore_oom"))) unlink(argv[2]);
   if (getenv("ROUNDTRIP_TENSORS")) roundtrip_tensors = atoi(getenv("ROUNDTRIP_TENSORS"));
+  if (getenv("ROUNDTRIP_STREAMS")) nprog = atoi(getenv("ROUNDTRIP_STREAMS"));
+  if (nprog > MAX_PROG_STREAMS) nprog = MAX_PROG_STREAMS;
+  for (int i = 0; i < nprog; i++) { /* never named to libckpt: the stream hooks see them */
+    CU(cuStreamCreate(&prog[i], i % 3 ? CU_STREAM_NON_BLOCKING : CU_STREAM_DEFAULT));
+    CU(cuEventCreate(&prog_ev[i], CU_EVENT_DISABLE_TIMING));
+  }
   if (!strcmp(t, "roundtrip")) {
     roundtrip(12345);
     uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 0) : (uint64_t)time(NULL) ^ (uint64_t)getpid();

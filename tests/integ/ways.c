@@ -109,6 +109,34 @@ int main(void) {
   size_t fr, tot;
   CU(cuMemGetInfo_v2(&fr, &tot));
   CHECK(ck_stats().device_used_now == tot - fr);
+
+  /* Streams are known whichever way they are created and forgotten when
+   * destroyed; submissions through each way reach the submission wrappers. */
+  typedef CUresult (*create_fn)(CUstream *, unsigned);
+  typedef CUresult (*destroy_fn)(CUstream);
+  void *pcreate = NULL, *pdestroy = NULL, *plaunch = NULL;
+  CU(gpa("cuStreamCreate", &pcreate, 13000, 0, &st));
+  CHECK(pcreate == dlsym(RTLD_DEFAULT, "cuStreamCreate"), "cuStreamCreate look-up must give our wrapper");
+  CU(gpa("cuStreamDestroy", &pdestroy, 13000, 0, &st));
+  CHECK(pdestroy == dlsym(RTLD_DEFAULT, "cuStreamDestroy_v2"), "cuStreamDestroy look-up must give _v2's wrapper");
+  CU(gpa("cuLaunchHostFunc", &plaunch, 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &st));
+  CHECK(plaunch == dlsym(RTLD_DEFAULT, "cuLaunchHostFunc_ptsz"), "per-thread look-up must give our _ptsz wrapper");
+  void *pwait = NULL;
+  CU(gpa("cuStreamWaitValue32", &pwait, 12000, 0, &st));
+  CHECK(pwait == dlsym(RTLD_DEFAULT, "cuStreamWaitValue32_v2"), "newest version the caller admits");
+  CU(gpa("cuStreamWaitValue32", &pwait, 10000, 0, &st));
+  CHECK(pwait == dlsym(RTLD_DEFAULT, "cuStreamWaitValue32"), "older callers get the older entry point");
+  uint64_t known = ck_stats().streams_known;
+  CUstream s1, s2, s3;
+  CU(((create_fn)pcreate)(&s1, CU_STREAM_NON_BLOCKING));
+  CU(((create_fn)dlsym(h, "cuStreamCreate"))(&s2, CU_STREAM_NON_BLOCKING));
+  CU(cuStreamCreateWithPriority(&s3, CU_STREAM_NON_BLOCKING, 0));
+  CHECK(ck_stats().streams_known == known + 3, "streams known %llu, expected %llu",
+        (unsigned long long)ck_stats().streams_known, (unsigned long long)known + 3);
+  CU(((destroy_fn)pdestroy)(s1));
+  CU(((destroy_fn)dlsym(h, "cuStreamDestroy_v2"))(s2));
+  CU(cuStreamDestroy_v2(s3));
+  CHECK(ck_stats().streams_known == known, "destroyed streams are forgotten");
   dlclose(h);
 
   /* dlsym(RTLD_NEXT) from the program: relative to the program, not libckpt. */

@@ -150,7 +150,10 @@ static void warm_up(void) {
   CU(cuStreamSynchronize(compute));
 }
 
-static size_t mapped(size_t n) { return (n + 2 * MiB - 1) / (2 * MiB) * (2 * MiB); }
+/* What the arena maps for n bytes: granules of the larger of the device and
+ * host granularities (simdev: 2 and 4 MiB), since a tagged VA may be backed
+ * by either in turn. */
+static size_t mapped(size_t n) { return (n + 4 * MiB - 1) / (4 * MiB) * (4 * MiB); }
 
 /* Device memory after partition: drops by the survivors' mapped bytes less
  * this rank's slices (peer: about 1/P, within one granule) or all of them

@@ -19,7 +19,7 @@ struct sd_config sd_cfg = {
     .device_bytes = 16 * GiB,
     .host_bytes = 8 * GiB,
     .granularity = 2u << 20,
-    .host_granularity = 0, /* 0: the device granularity (see read_config) */
+    .host_granularity = (size_t)4 << 20, /* strict: not the device's (see read_config) */
     .host_numa_nodes = 1,
     .max_connections = 8,
 };
@@ -93,22 +93,15 @@ static void read_config(void)
 
     /* The driver gives each location type its own granularity
      * (cuMemGetAllocationGranularity takes the allocation's properties). An
-     * H200 reports 2 MiB for both. SIMDEV_HOST_GRANULARITY=4M makes them
-     * differ, so code that sizes or aligns host-located memory by the
-     * device's granularity is caught (simdev's own tests run that way).
-     * TEMPORARY: unset, it follows the device granularity, because libckpt
-     * still assumes the two are equal (hooks/host_pool.c, hooks/arena.c:
-     * issue 11 finding); the strict 4 MiB default comes back with that fix. */
-    v = 0;
+     * H200 reports 2 MiB for both; simdev's host one is 4 MiB unless
+     * SIMDEV_HOST_GRANULARITY says otherwise, so code that sizes or aligns
+     * host-located memory by the device's granularity is caught. */
+    v = sd_cfg.host_granularity;
     env_size("SIMDEV_HOST_GRANULARITY", &v, "a byte count such as 4M");
-    if (v == 0)
-        sd_cfg.host_granularity = sd_cfg.granularity;
-    else if (v >= sd_page && (v & (v - 1)) == 0)
+    if (v >= sd_page && (v & (v - 1)) == 0)
         sd_cfg.host_granularity = v;
-    else {
-        sd_cfg.host_granularity = sd_cfg.granularity;
+    else
         sd_say("simdev: ignoring SIMDEV_HOST_GRANULARITY=%zu (expected a power of two >= %zu)", v, sd_page);
-    }
 
     s = getenv("SIMDEV_HOST_NUMA_NODES");
     if (s && *s) {

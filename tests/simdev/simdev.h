@@ -7,9 +7,8 @@
  *   SIMDEV_GRANULARITY      VMM granularity of device memory (default 2 MiB, a power of
  *                           two >= page size)
  *   SIMDEV_HOST_GRANULARITY VMM granularity of host-located memory (HOST, HOST_NUMA), which
- *                           cuMemGetAllocationGranularity reports per location type; unset:
- *                           the device granularity (TEMPORARY, until libckpt queries it;
- *                           4M is the strict setting simdev's own tests use)
+ *                           cuMemGetAllocationGranularity reports per location type
+ *                           (default 4 MiB, unlike the device's: strict)
  *   SIMDEV_HOST_NUMA_NODES  host NUMA nodes: valid CU_MEM_LOCATION_TYPE_HOST_NUMA ids are
  *                           0 .. n-1 (default 1)
  *   CUDA_DEVICE_MAX_CONNECTIONS  hardware work queues per context, 1..32 (default 8), as

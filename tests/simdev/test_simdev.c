@@ -82,8 +82,8 @@ static CUmemGenericAllocationHandle map_rw(CUdeviceptr va, size_t size, CUmemLoc
     return h;
 }
 
-/* The host-location granularity these tests run with (meson sets
- * SIMDEV_HOST_GRANULARITY=4M for the simdev suite; a test that needs it sets it). */
+/* The host-location granularity these tests run with
+ * (4 MiB, simdev's default; a test that needs another sets SIMDEV_HOST_GRANULARITY). */
 #define HOST_GRAN (4 * MiB)
 
 /* Aligned for either location's memory. */
@@ -1036,11 +1036,11 @@ Test(strict, host_granularity_is_configurable)
     cr_assert_eq(gh, 8 * MiB);
 }
 
-/* TEMPORARY default: unset, the host granularity follows the device's. */
-Test(strict, unset_host_granularity_follows_the_device_for_now)
+/* Unset, the host granularity is 4 MiB whatever the device's: strict. */
+Test(strict, unset_host_granularity_is_strict)
 {
     unsetenv("SIMDEV_HOST_GRANULARITY");
-    setenv("SIMDEV_GRANULARITY", "4M", 1);
+    setenv("SIMDEV_GRANULARITY", "64K", 1);
     init();
     size_t gh = 0;
     CUmemAllocationProp host = prop_at(CU_MEM_LOCATION_TYPE_HOST, 0);

@@ -9,6 +9,9 @@ static void arena_env(void) {
   ut_env("CKPT_MODE", "host");
   ut_env("CKPT_MIN_BYTES", "1M");
   ut_env("CKPT_OFFLOAD", "manual");
+  /* Sizes below follow the device's 2 MiB granules: host-located memory as
+   * on an H200 (2 MiB too); strict_host_granularity checks simdev's 4 MiB. */
+  ut_env("SIMDEV_HOST_GRANULARITY", "2M");
 }
 
 static size_t baseline; /* device bytes in use before the test allocates */
@@ -590,7 +593,36 @@ static void default_params(void) {
 static void small_granularity(void) {
   arena_env();
   ut_env("SIMDEV_GRANULARITY", "64K"); /* read by the simulator on its first call */
+  ut_env("SIMDEV_HOST_GRANULARITY", "64K");
   setup_after_env();
+}
+
+static void strict_host_granularity(void) {
+  arena_env();
+  unsetenv("SIMDEV_HOST_GRANULARITY"); /* simdev's strict default: 4 MiB against the device's 2 MiB */
+  setup_after_env();
+}
+
+/* A tagged VA may be backed by host memory: sizes and alignment follow the
+ * larger of the two locations' granularities, and the offload works. */
+Test(arena, tagged_sizes_follow_the_host_granularity_too, .init = strict_host_granularity) {
+  cr_assert_eq(ckpt_granularity(0), 4 * UT_MiB);
+  int id = ckpt_region_begin("r");
+  CUdeviceptr p = ut_alloc(2 * UT_MiB + 1);
+  cr_assert_eq(ckpt_region_end(), id);
+  cr_assert_eq(p % (4 * UT_MiB), 0);
+  cr_assert_eq(simdev_device_used(0), baseline + 4 * UT_MiB);
+  memset((void *)p, 0x3c, 2 * UT_MiB + 1);
+  cr_assert_eq(ckpt_offload(id), 0);
+  cr_assert_eq(ckpt_wait(id), 0);
+  int res = -1;
+  cr_assert_eq(ckpt_query((uintptr_t)p, NULL, &res), 0);
+  cr_assert_eq(res, CKPT_HOST);
+  cr_assert_eq(((unsigned char *)p)[2 * UT_MiB], 0x3c, "host-backed, same bytes");
+  cr_assert_eq(ckpt_restore(id), 0);
+  cr_assert_eq(ckpt_wait(id), 0);
+  cr_assert_eq(((unsigned char *)p)[0], 0x3c);
+  ut_free(p);
 }
 
 Test(arena, cache_is_capped, .init = cache_cap_4m) {

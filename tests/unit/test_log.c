@@ -271,3 +271,31 @@ Test(log, set_fd_overrides_the_file, .fini = remove_tmpdir) {
   read_file(path, text, sizeof text);
   cr_assert(strstr(text, "WARN to the file\n") && count_lines(text) == 1, "%s", text);
 }
+
+/* The exit summary's writer: no level name, printed whatever the level. */
+static void print_summary_at_none(void) {
+  ckpt_log_configure(CKPT_LOG_NONE, "");
+  ckpt_log_print("summary: %s", "device peak 2 MiB");
+  ckpt_log_configure(CKPT_LOG_WARN, "");
+}
+
+Test(log, print_ignores_the_level_and_has_no_level_name) {
+  char err[4096];
+  with_stderr_captured(print_summary_at_none, err, sizeof err);
+  char want[64];
+  snprintf(want, sizeof want, "libckpt[%d] summary: device peak 2 MiB\n", (int)getpid());
+  cr_assert_str_eq(err, want);
+}
+
+static void open_now(void) { ckpt_log_open_now(); }
+
+Test(log, open_now_reports_an_unusable_file_at_once) {
+  char err[4096];
+  ckpt_log_configure(CKPT_LOG_WARN, "/nonexistent-dir/now.log");
+  with_stderr_captured(open_now, err, sizeof err);
+  cr_assert_eq(count_lines(err), 1, "%s", err);
+  cr_assert(strstr(err, "cannot open CKPT_DEBUG_FILE /nonexistent-dir/now.log: No such file or directory; "
+                        "logging to stderr"), "%s", err);
+  with_stderr_captured(open_now, err, sizeof err);
+  cr_assert_str_eq(err, "", "reported once");
+}

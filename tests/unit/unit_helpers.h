@@ -41,6 +41,10 @@ static inline void ut_env_reset(void) {
     if (row) unsetenv(row->name);
   }
   setenv("CKPT_DEBUG", "WARN", 1);
+  /* The slow streams of these tests delay every operation by up to 150 ms,
+   * a gate's own arrival too: past the 100 ms default the gates would time
+   * out (and roll back) instead of showing the ordering they test. */
+  setenv("CKPT_GATE_TIMEOUT", "2000", 1);
 }
 
 static inline void ut_env(const char *name, const char *value) {

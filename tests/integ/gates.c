@@ -1,0 +1,183 @@
+/* Gates under hostile streams, under LD_PRELOAD on the simulated device.
+ * `gates SUBTEST [arg]`:
+ *   unnamed         a stream created after the tensor and never named keeps
+ *                   reading and writing it through its offload and restore swaps
+ *   capture MODE    (global|thread|relaxed) a capture inside a region, on a
+ *                   program stream, while an earlier region's offload is in
+ *                   flight: it succeeds and its graph replays right
+ *   blocked         a stream blocked on the host (the program's own
+ *                   wait-value): the gate times out, nothing hangs, data right
+ * "Kernels" are host functions on streams, ordered like device work. */
+#include <pthread.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static CUstream compute;
+static _Atomic long errors;
+
+struct kargs {
+  CUdeviceptr p;
+  size_t n;
+  uint64_t seed;
+  int write;
+};
+static void CUDA_CB touch_kernel(void *arg) {
+  struct kargs *k = arg;
+  if (k->write) pattern_fill((void *)k->p, k->n, k->seed); /* the same bytes again: a write that keeps them */
+  else if (pattern_check((void *)k->p, k->n, k->seed)) errors++;
+  usleep(200);
+  free(k);
+}
+static void touch(CUstream s, CUdeviceptr p, size_t n, uint64_t seed, int write) {
+  struct kargs *k = malloc(sizeof *k);
+  *k = (struct kargs){p, n, seed, write};
+  CU(cuLaunchHostFunc(s, touch_kernel, k));
+}
+
+static CUdeviceptr tensor(size_t n, uint64_t seed) {
+  CUdeviceptr p;
+  CU(cuMemAllocAsync(&p, n, compute));
+  CU(cuStreamSynchronize(compute));
+  pattern_fill((void *)p, n, seed);
+  return p;
+}
+
+static void unnamed(void) {
+  const size_t n = 6 * MiB;
+  int a = ck.region_begin("a");
+  CUdeviceptr x = tensor(n, 7);
+  ck.region_end();
+  CUstream side; /* created after the tensor, never named to libckpt */
+  CU(cuStreamCreate(&side, CU_STREAM_NON_BLOCKING));
+  for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
+  ck.region_begin("b");
+  CUdeviceptr y = tensor(4 * MiB, 8);
+  ck.region_end(); /* offloads a while the side stream works on x */
+  for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
+  CHECK(ck.wait(a) == 0);
+  CHECK(residency(x) == CKPT_HOST, "residency %d", residency(x));
+  for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
+  CHECK(ck.restore(a) == 0);
+  for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
+  CHECK(ck.wait(a) == 0);
+  CU(cuStreamSynchronize(side));
+  CHECK(residency(x) == CKPT_DEVICE, "residency %d", residency(x));
+  CHECK(pattern_check((void *)x, n, 7) == 0);
+  struct ckpt_stats st = ck_stats();
+  CHECK(st.offloads >= 1 && st.restores >= 1);
+  CU(cuMemFreeAsync(x, compute));
+  CU(cuMemFreeAsync(y, compute));
+  CU(cuStreamDestroy_v2(side));
+  CU(cuStreamSynchronize(compute));
+}
+
+static void capture(const char *mode_name) {
+  CUstreamCaptureMode mode = !strcmp(mode_name, "global")   ? CU_STREAM_CAPTURE_MODE_GLOBAL
+                             : !strcmp(mode_name, "thread") ? CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+                                                            : CU_STREAM_CAPTURE_MODE_RELAXED;
+  simdev_set_copy_gbps(0.1); /* the offload of a stays in flight meanwhile */
+  const size_t n = 16 * MiB, m = 8 * MiB;
+  int a = ck.region_begin("a");
+  CUdeviceptr x = tensor(n, 11);
+  ck.region_end();
+  ck.region_begin("b");
+  CUdeviceptr y = tensor(4 * MiB, 12);
+  ck.region_end(); /* a's offload starts */
+  CHECK(residency(x) == CKPT_OFFLOADING, "residency %d", residency(x));
+  CUdeviceptr out;
+  CU(cuMemAlloc_v2(&out, m)); /* outside a region: untagged */
+  CUstream prog;
+  CU(cuStreamCreate(&prog, CU_STREAM_NON_BLOCKING));
+  struct ckpt_stats before = ck_stats();
+  int c = ck.region_begin("c");
+  CU(cuStreamBeginCapture_v2(prog, mode));
+  CUdeviceptr tmp;
+  CU(cuMemAllocAsync(&tmp, m, prog)); /* a graph allocation node: not tagged */
+  CHECK(residency(tmp) == CKPT_UNTAGGED);
+  CU(cuMemsetD32Async(tmp, 0x1234abcdu, m / 4, prog));
+  CU(cuMemcpyDtoDAsync_v2(out, tmp, m, prog));
+  CU(cuMemFreeAsync(tmp, prog));
+  usleep(50000); /* the engine works meanwhile: its queries must not invalidate the capture */
+  CUgraph graph;
+  CU(cuStreamEndCapture(prog, &graph));
+  CHECK(ck.region_end() == c);
+  CUgraphExec exec;
+  CU(cuGraphInstantiateWithFlags(&exec, graph, 0));
+  for (int i = 0; i < 3; i++) {
+    CU(cuMemsetD8_v2(out, 0, m));
+    CU(cuGraphLaunch(exec, prog));
+    CU(cuStreamSynchronize(prog));
+    const uint32_t *w = (const uint32_t *)out;
+    for (size_t k = 0; k < m / 4; k += 4099) CHECK(w[k] == 0x1234abcdu, "replay %d word %zu: %#x", i, k, w[k]);
+  }
+  struct ckpt_stats st = ck_stats();
+  CHECK(st.captured_allocs > before.captured_allocs, "captured_allocs %llu", (unsigned long long)st.captured_allocs);
+  CHECK(ck.wait(a) == 0);
+  CHECK(ck.restore(a) == 0);
+  CHECK(ck.wait(a) == 0);
+  CHECK(pattern_check((void *)x, n, 11) == 0);
+  CU(cuGraphExecDestroy(exec));
+  CU(cuGraphDestroy(graph));
+  CU(cuMemFreeAsync(x, compute));
+  CU(cuMemFreeAsync(y, compute));
+  CU(cuMemFree_v2(out));
+  CU(cuStreamSynchronize(compute));
+  printf("capture %s: captured_allocs %llu, swaps deferred by capture %llu\n", mode_name,
+         (unsigned long long)st.captured_allocs, (unsigned long long)st.swaps_deferred_capture);
+}
+
+static void blocked(void) {
+  volatile uint32_t *word;
+  CUdeviceptr dword;
+  CU(cuMemHostAlloc((void **)&word, 4096, CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_PORTABLE));
+  CU(cuMemHostGetDevicePointer_v2(&dword, (void *)word, 0));
+  *word = 0;
+  CUstream w;
+  CU(cuStreamCreate(&w, CU_STREAM_NON_BLOCKING));
+  const size_t n = 6 * MiB;
+  int a = ck.region_begin("a");
+  CUdeviceptr x = tensor(n, 21);
+  ck.region_end();
+  ck.region_begin("b");
+  CUdeviceptr y = tensor(4 * MiB, 22);
+  ck.region_end(); /* a's offload: its copy is fenced after w's work so far (none) */
+  /* After the fence, before the gate: w is blocked on a word the host writes
+   * later, so the gate cannot be reached by w. (Before the fence it would
+   * hold the copy itself: the program's own wait, not libckpt's.) */
+  CU(cuStreamWaitValue32_v2(w, dword, 1, CU_STREAM_WAIT_VALUE_GEQ));
+  CHECK(ck.wait(a) == 0); /* returns: the gate timed out */
+  struct ckpt_stats st = ck_stats();
+  CHECK(st.gate_timeouts >= 1, "gate_timeouts %llu", (unsigned long long)st.gate_timeouts);
+  CHECK(residency(x) == CKPT_DEVICE, "rolled back: residency %d", residency(x));
+  CHECK(pattern_check((void *)x, n, 21) == 0);
+  __atomic_store_n(word, 1, __ATOMIC_RELEASE); /* a stream waits on it */
+  CU(cuStreamSynchronize(w));
+  CHECK(ck.offload(a) == 0); /* retried: nothing blocks now */
+  CHECK(ck.wait(a) == 0);
+  CHECK(residency(x) == CKPT_HOST, "residency %d", residency(x));
+  CHECK(ck.restore(a) == 0);
+  CHECK(ck.wait(a) == 0);
+  CHECK(pattern_check((void *)x, n, 21) == 0);
+  CU(cuMemFreeAsync(x, compute));
+  CU(cuMemFreeAsync(y, compute));
+  CU(cuStreamSynchronize(compute));
+  printf("blocked: gate_timeouts %llu\n", (unsigned long long)ck_stats().gate_timeouts);
+}
+
+int main(int argc, char **argv) {
+  CHECK(argc >= 2, "usage: gates SUBTEST [arg]");
+  ck_load();
+  ctx_setup();
+  CU(cuStreamCreate(&compute, CU_STREAM_NON_BLOCKING));
+  const char *t = argv[1];
+  if (!strcmp(t, "unnamed")) unnamed();
+  else if (!strcmp(t, "capture")) capture(argc > 2 ? argv[2] : "global");
+  else if (!strcmp(t, "blocked")) blocked();
+  else CHECK(0, "unknown subtest %s", t);
+  CU(cuCtxSynchronize());
+  CHECK(!simdev_faulted(), "a stream touched unmapped memory");
+  CHECK(errors == 0, "%ld kernel checks failed", (long)errors);
+  printf("gates %s: ok\n", t);
+  return 0;
+}
