@@ -590,9 +590,10 @@ static void remap_fault(void) {
 }
 
 /* Regions that grow step after step: every step needs slice room the
- * earlier ones did not make (new slabs on the device or in pinned host
- * memory), and, under CKPT_MODE=peer+host, the host pool's own blocks never
- * come into it (the slices are not host-pool helds). Every byte checked. */
+ * earlier ones did not make. Device slabs (peer) are made at the job's
+ * start; host slabs (peer+host) are blocks of the host pool, made on its
+ * grower thread while the puts into them are pending (completed by the
+ * engine's resume before the swap). Every byte checked. */
 static void grow(void) {
   warm_up();
   uint64_t allocs0 = ck_stats().store_allocs;
@@ -615,8 +616,45 @@ static void grow(void) {
          ck.mode(), (unsigned long long)(s.store_allocs - allocs0), (unsigned long long)s.peer_slab_bytes,
          (unsigned long long)s.host_pool_bytes);
   CHECK(s.store_allocs > allocs0, "growing regions made new slice buffers");
-  CHECK(s.host_pool_bytes == 0, "the host pool took %llu bytes", (unsigned long long)s.host_pool_bytes);
+  if (!strcmp(ck.mode(), "peer+host"))
+    CHECK(s.peer_slab_bytes > 0 && s.host_pool_bytes >= s.peer_slab_bytes, "host slabs %llu bytes, pool %llu",
+          (unsigned long long)s.peer_slab_bytes, (unsigned long long)s.host_pool_bytes);
+  else
+    CHECK(s.host_pool_bytes == 0, "the host pool took %llu bytes", (unsigned long long)s.host_pool_bytes);
   CHECK(s.peer_bytes_in_use == 0 && s.peer_mismatches == 0 && s.peer_lost == 0);
+}
+
+/* peer+host: the host pool's grower fails to make a new slice slab (the
+ * next cuMemCreate after the survivors exist, on every rank): the pending
+ * puts are given up, the survivors stay on the device on every rank (the
+ * ranks agree: no mismatch), their bytes exact; the next step offloads. */
+static void grow_fail(void) {
+  warm_up();
+  for (int step = 0; step < 2; step++) {
+    struct tensor t[2];
+    int id = ck.region_begin("growfail");
+    alloc(&t[0], 24 * MiB + 3, 300 + (uint64_t)step);
+    alloc(&t[1], 8 * MiB, 310 + (uint64_t)step);
+    ck.region_end();
+    CU(cuStreamSynchronize(compute));
+    if (step == 0) CHECK(simdev_fail("cuMemCreate", 1, CUDA_ERROR_OUT_OF_MEMORY) == 0);
+    CHECK(ck.offload(id) == 0);
+    CHECK(ck.wait(id) == 0);
+    simdev_fail_clear();
+    int want = step == 0 ? CKPT_DEVICE : CKPT_PEER;
+    for (int i = 0; i < 2; i++)
+      CHECK(residency(t[i].p) == want, "step %d: residency %d, expected %d", step, residency(t[i].p), want);
+    CHECK(ck.restore(id) == 0);
+    for (int i = 0; i < 2; i++) check_free(&t[i]);
+    CHECK(ck.wait(id) == 0);
+    CHECK(ck.step() == 0);
+    CU(cuStreamSynchronize(compute));
+  }
+  struct ckpt_stats s = ck_stats();
+  printf("rank %d: pool-full %llu, mismatches %llu\n", R, (unsigned long long)s.host_pool_exhausted,
+         (unsigned long long)s.peer_mismatches);
+  CHECK(s.host_pool_exhausted > 0, "the failed slab was counted");
+  CHECK(s.peer_mismatches == 0 && s.peer_lost == 0 && s.peer_bytes_in_use == 0);
 }
 
 static int run_rank(const char *scenario, uint64_t seed) {
@@ -648,6 +686,7 @@ static int run_rank(const char *scenario, uint64_t seed) {
   else if (!strcmp(scenario, "async")) async_restore();
   else if (!strcmp(scenario, "remap_fault")) remap_fault();
   else if (!strcmp(scenario, "grow")) grow();
+  else if (!strcmp(scenario, "grow_fail")) grow_fail();
   else CHECK(0, "unknown scenario %s", scenario);
   CU(cuStreamSynchronize(compute));
   CU(cuCtxSynchronize());
