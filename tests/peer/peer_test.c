@@ -797,9 +797,12 @@ static int launch_scenario(const char *scenario, int p, const char *seed) {
       if (!strcmp(scenario, "mismatch")) ok = log_has(r, "peer ranks disagree: rank") && log_has(r, "region");
       if (!strcmp(scenario, "mismatch_restore"))
         ok = log_has(r, "peer ranks disagree: rank") && log_has(r, "restore of region") &&
-             log_has(r, "peer group failed") && log_has(r, "is LOST");
+             log_has(r, "peer group failed") && log_has(r, "is LOST") &&
+             log_has(r, " peer-lost=2 verify-failures=0") && log_has(r, "driver-errors=") && !log_has(r, "peer-mismatches=0");
       if (!strcmp(scenario, "dead") && r < p - 1) ok = log_has(r, "peer group failed") && log_has(r, "is LOST");
-      if (!strcmp(scenario, "verify")) ok = log_has(r, "CKPT_VERIFY: region") && log_has(r, "'v'");
+      if (!strcmp(scenario, "verify"))
+        ok = log_has(r, "CKPT_VERIFY: region") && log_has(r, "'v'") &&
+             log_has(r, " peer-mismatches=0 peer-lost=0 verify-failures=1"); /* the exit summary, fields at its end */
       if (!strcmp(scenario, "oom_restore")) ok = log_has(r, "peer ranks disagree") && log_has(r, "is LOST");
       if (!strcmp(scenario, "unconfigured")) ok = log_has(r, "needs a peer group");
       if (!strcmp(scenario, "verify_host")) ok = log_has(r, "CKPT_VERIFY: region") && log_has(r, "'vh'");
