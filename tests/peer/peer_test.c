@@ -625,9 +625,13 @@ static void grow(void) {
 }
 
 /* peer+host: the host pool's grower fails to make a new slice slab (the
- * next cuMemCreate after the survivors exist, on every rank): the pending
- * puts are given up, the survivors stay on the device on every rank (the
- * ranks agree: no mismatch), their bytes exact; the next step offloads. */
+ * next cuMemCreate after the survivors exist, on every rank). Usually the
+ * puts into it are pending and given up at the resume: the survivors stay on
+ * the device on every rank, the ranks agree. If a rank's grower fails before
+ * its first put, that put fails at once and the next survivor gets a new
+ * slab: then the ranks may disagree on the job (rolled back on every rank,
+ * a mismatch) or agree on the one survivor. Either way t[0] stays on the
+ * device, nothing is lost, the bytes are exact; the next step offloads. */
 static void grow_fail(void) {
   warm_up();
   for (int step = 0; step < 2; step++) {
@@ -643,7 +647,8 @@ static void grow_fail(void) {
     simdev_fail_clear();
     int want = step == 0 ? CKPT_DEVICE : CKPT_PEER;
     for (int i = 0; i < 2; i++)
-      CHECK(residency(t[i].p) == want, "step %d: residency %d, expected %d", step, residency(t[i].p), want);
+      CHECK(residency(t[i].p) == want || (step == 0 && i == 1 && residency(t[i].p) == CKPT_PEER),
+            "step %d: residency %d, expected %d", step, residency(t[i].p), want);
     CHECK(ck.restore(id) == 0);
     for (int i = 0; i < 2; i++) check_free(&t[i]);
     CHECK(ck.wait(id) == 0);
@@ -654,7 +659,7 @@ static void grow_fail(void) {
   printf("rank %d: pool-full %llu, mismatches %llu\n", R, (unsigned long long)s.host_pool_exhausted,
          (unsigned long long)s.peer_mismatches);
   CHECK(s.host_pool_exhausted > 0, "the failed slab was counted");
-  CHECK(s.peer_mismatches == 0 && s.peer_lost == 0 && s.peer_bytes_in_use == 0);
+  CHECK(s.peer_mismatches <= 1 && s.peer_lost == 0 && s.peer_bytes_in_use == 0);
 }
 
 static int run_rank(const char *scenario, uint64_t seed) {
