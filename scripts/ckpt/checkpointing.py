@@ -598,7 +598,7 @@ def _make_device_current() -> None:
         torch.cuda.synchronize(device)  # cudart binds the primary context to this thread
 
 
-def _broadcast_id(payload: "torch.Tensor", group, timeout_s: float) -> None:
+def _broadcast_id(payload: "torch.Tensor", group, rank: int, timeout_s: float) -> None:
     """Broadcasts payload from the group's rank 0, waiting at most timeout_s."""
     import torch.distributed as dist
 
@@ -607,10 +607,12 @@ def _broadcast_id(payload: "torch.Tensor", group, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not work.is_completed():
         if time.monotonic() > deadline:
+            what = ("the peer group id was not taken by every other tensor-parallel rank" if rank == 0 else
+                    f"the peer group id from tensor-parallel rank 0 (global rank {src}) did not arrive")
             raise PeerError(
-                f"ckpt: configure(): the peer group id from tensor-parallel rank 0 (global rank {src}) did not "
-                f"arrive within CKPT_PEER_TIMEOUT_MS={int(timeout_s * 1000)} ms: every rank of the "
-                "tensor-parallel group must call configure() with partition_activations (or under CKPT_MODE=peer)")
+                f"ckpt: configure() on tensor-parallel rank {rank}: {what} within "
+                f"CKPT_PEER_TIMEOUT_MS={int(timeout_s * 1000)} ms: every rank of the tensor-parallel group "
+                "must call configure() with partition_activations (or under CKPT_MODE=peer)")
         time.sleep(0.001)
     work.wait()
 
@@ -667,7 +669,7 @@ def _join_peer_group() -> None:
             payload[0] = 1
             payload[1:] = torch.frombuffer(bytearray(made), dtype=torch.uint8)
         payload = payload.to(device)
-        _broadcast_id(payload, group, timeout_s)
+        _broadcast_id(payload, group, rank, timeout_s)
         payload = payload.cpu()
         if failure is None and int(payload[0]) != 1:
             raise PeerError("ckpt: configure(): tensor-parallel rank 0 could not make the peer group id (see its "
