@@ -172,8 +172,8 @@ static void finish_free(struct talloc *t) {
     return;
   }
   /* Host-backed (t->dev is 0): unmap the host block here, the pool keeps it. */
-  if (t->held) {
-    ckpt_vmm_teardown(t->va, t->size, 0, CKPT_VMM_UNMAP, true);
+  if (t->held) { /* peer slices (no handle): the VA is not mapped */
+    if (t->held->handle) ckpt_vmm_teardown(t->va, t->size, 0, CKPT_VMM_UNMAP, true);
     ckpt_g.stats.host_bytes_in_use -= t->size;
     ckpt_g.stats.device_bytes_released -= t->size;
     ckpt_held_drop(t->held);

@@ -142,6 +142,7 @@ static struct host_block *block_get(int device, size_t size, struct ckpt_store_f
   b->next = blocks;
   blocks = b;
   pool_bytes += size;
+  ckpt_g.stats.store_allocs++; /* core lock held (put) */
   *grow_tail = b;
   grow_tail = &b->gnext;
   pthread_cond_broadcast(&grow_cv);
