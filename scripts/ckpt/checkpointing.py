@@ -660,7 +660,8 @@ def _join_peer_group() -> None:
             made = api.peer_unique_id()
         except PeerError as exc:
             failure = exc
-    if size > 1:
+    # Broadcast in any group torch.distributed has, one rank included (the same path).
+    if size > 1 or (group is not None and dist.is_initialized()):
         backend = str(dist.get_backend(group))
         on_cuda = "gloo" not in backend and torch.cuda.is_available()
         device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
