@@ -123,7 +123,7 @@ def simulated(libckpt):
     return libckpt
 
 
-def run_ranks(tmp_path, libckpt, size, scenarios, mode="peer", timeout=120, **extra):
+def run_ranks(tmp_path, libckpt, size, scenarios, mode="peer", timeout=120, rank_env=None, **extra):
     """Starts `size` ranks (scenario per rank), waits for all, bounded; returns
     [(returncode, result dict or None, output)] by rank."""
     script = tmp_path / "rank.py"
@@ -136,6 +136,7 @@ def run_ranks(tmp_path, libckpt, size, scenarios, mode="peer", timeout=120, **ex
     procs = []
     for rank in range(size):
         env = child_env(preload=libckpt, CKPT_DEBUG_FILE=tmp_path / f"ckpt-{rank}.log", **settings)
+        env.update((rank_env or {}).get(rank, {}))
         procs.append(subprocess.Popen([sys.executable, str(script), str(rank), str(size), str(store),
                                        scenarios[rank]], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
@@ -200,6 +201,29 @@ def test_a_rank_that_never_calls_configure_makes_the_other_fail_clearly(tmp_path
         assert "not taken by every other tensor-parallel rank" in message, message
     rc, res, text = results[absent]
     assert rc == 0 and res == {"rank": absent, "absent": True}, text
+
+
+def test_a_rank_whose_nccl_cannot_load_fails_init_and_the_other_is_told(tmp_path, simulated):
+    """Rank 0 cannot load NCCL: it broadcasts "no id" and fails; rank 1 says rank 0 could not make it."""
+    missing = {"CKPT_NCCL_LIBRARY": str(tmp_path / "no-such-libnccl.so.2")}
+    results = run_ranks(tmp_path, simulated, 2, ["run", "run"], rank_env={0: missing},
+                        CKPT_PEER_TIMEOUT_MS="1500", SIMNCCL_TIMEOUT_MS="1500")
+    (rc0, res0, text0), (rc1, res1, text1) = results
+    assert rc0 == 0 and "ckpt_peer_unique_id failed" in res0.get("error", ""), text0
+    assert "could not load NCCL" in res0["error"], res0
+    assert rc1 == 0 and "rank 0 could not make the peer group id" in res1.get("error", ""), text1
+
+
+def test_a_failed_join_is_a_clear_error_on_both_ranks(tmp_path, simulated):
+    """Rank 1 cannot load NCCL at the join: its ckpt_peer_init fails at once, rank 0's times out."""
+    missing = {"CKPT_NCCL_LIBRARY": str(tmp_path / "no-such-libnccl.so.2")}
+    results = run_ranks(tmp_path, simulated, 2, ["run", "run"], rank_env={1: missing},
+                        CKPT_PEER_TIMEOUT_MS="1500", SIMNCCL_TIMEOUT_MS="1500")
+    for rank, (rc, res, text) in enumerate(results):
+        assert rc == 0 and res is not None, text
+        message = res.get("error", "")
+        assert f"ckpt_peer_init (rank {rank} of 2) failed (CKPT_ESTATE)" in message, (message, text)
+        assert "group could not be made" in message and "host memory" in message, message
 
 
 def test_partition_activations_outside_a_peer_mode_warns_where_inputs_go(tmp_path, simulated):
