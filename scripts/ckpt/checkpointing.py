@@ -119,6 +119,8 @@ PEER_MODES = ("peer", "peer+host")
 
 def _warn_partition() -> None:
     """partition_activations without libckpt in a peer mode: say where inputs go."""
+    if "partition" in _warned:  # called before every checkpoint: ask libckpt once
+        return
     lib = library.get_or_none()
     if lib is None:
         _warn_once("partition", "ckpt: partition_activations asks for peer partitioning, but libckpt is not "
@@ -127,10 +129,11 @@ def _warn_partition() -> None:
         return
     in_effect = (lib.ckpt_mode() or b"none").decode()
     if in_effect not in PEER_MODES:
+        where = "stay on the device" if in_effect == "none" else "are offloaded to host memory"
         _warn_once("partition", f"ckpt: partition_activations asks for peer partitioning, but the mode libckpt "
-                   f"runs in is {in_effect!r} (CKPT_MODE; 'host' too after a peer group failed): set CKPT_MODE=peer (slices on the device) or peer+host "
-                   f"(slices in host memory); until then checkpoint inputs "
-                   + ("stay on the device" if in_effect == "none" else "are offloaded to host memory"))
+                   f"runs in is {in_effect!r} (CKPT_MODE; 'host' too after a peer group failed): set "
+                   f"CKPT_MODE=peer (slices on the device) or peer+host (slices in host memory); until then "
+                   f"checkpoint inputs {where}")
 
 
 def _check_library() -> None:
