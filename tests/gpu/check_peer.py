@@ -59,7 +59,8 @@ def child(args):
     dev = "cuda" if on_gpu else "cpu"
     if on_gpu:
         torch.cuda.set_device(0)
-    under_libckpt = ckpt.available()
+    lib = ckpt.library.get_or_none()
+    under_libckpt = lib is not None and lib.preloaded  # CKPT_LIBRARY alone loads it without hooks
     out = {"libckpt": under_libckpt}
     if under_libckpt:
         if not on_gpu:
@@ -138,7 +139,9 @@ def main():
 def run(res, args, work):
     script = [args.python, os.path.abspath(__file__)] + (["--cpu-dry-run"] if args.cpu_dry_run else [])
     out_plain = os.path.join(work, "peer-plain.json")
-    plain = results.run_child("peer plain", script + ["--child", out_plain], results.plain_env(), out_plain,
+    plain_env = results.plain_env()
+    plain_env.pop("CKPT_LIBRARY", None)  # gpu-check exports it: the plain run must not load libckpt at all
+    plain = results.run_child("peer plain", script + ["--child", out_plain], plain_env, out_plain,
                               args.child_timeout, work)
     if not plain.ok:
         res.fail("plain run completed", plain.why())
@@ -172,7 +175,8 @@ def run(res, args, work):
                   f"restores {s.get('restores')}, verify checked {s.get('verify_checked')}, "
                   f"failures {s.get('verify_failures')}")
         res.check(f"{mode}: no mismatch, no lost slice, nothing left held",
-                  s.get("peer_mismatches", 1) == 0 and s.get("peer_lost", 1) == 0 and s.get("peer_bytes_in_use", 1) == 0,
+                  s.get("peer_mismatches", 1) == 0 and s.get("peer_lost", 1) == 0
+                  and s.get("peer_bytes_in_use", 1) == 0,
                   f"mismatches {s.get('peer_mismatches')}, lost {s.get('peer_lost')}, "
                   f"held {s.get('peer_bytes_in_use')}", needs_gpu=False)
         res.figure(f"{mode}: offloaded MiB", round(s.get("offloaded_bytes_total", 0) / results.MiB, 1))
