@@ -111,9 +111,10 @@ def child(args):
         out["residencies"] = residencies
         out["peer_bytes_after_forward"] = peer_bytes
         out["stats"] = ckpt.stats()
-        dist.destroy_process_group()
-    with open(args.child, "w") as f:
+    with open(args.child, "w") as f:  # before any teardown: a hang there still leaves the result
         json.dump(out, f)
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 
