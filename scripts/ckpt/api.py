@@ -188,8 +188,8 @@ def pin(tensor_or_ptr) -> bool:
     address) again; it is brought back to the device first if it is not there.
 
     For buffers another library keeps the address of, such as buffers
-    registered with NCCL (ncclCommRegister, NCCL's user buffer registration,
-    torch's NCCL memory pools): libckpt does not see such registrations, and
+    registered with NCCL (ncclCommRegister, directly or through a framework's
+    buffer registration): libckpt does not see such registrations, and
     swapping the memory under them would corrupt the collectives. Call it
     right after allocating the buffer. False: the address is not tagged
     (nothing to pin)."""

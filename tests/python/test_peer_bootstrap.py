@@ -254,6 +254,37 @@ def test_configure_in_a_peer_mode_without_an_mpu_says_what_is_missing(tmp_path, 
     assert "needs a peer group" in r.stdout and "mpu" in r.stdout, r.stdout
 
 
+PIN = textwrap.dedent(r"""
+    import ctypes
+    import ckpt
+    cu = ctypes.CDLL("libcuda.so.1")
+    dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+    assert cu.cuInit(0) == 0 and cu.cuDeviceGet(ctypes.byref(dev), 0) == 0
+    assert cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0 and cu.cuCtxSetCurrent(ctx) == 0
+    ptrs = []
+    with ckpt.region("registered") as first:
+        for _ in range(2):
+            p = ctypes.c_uint64()
+            assert cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(1 << 20)) == 0
+            ptrs.append(p.value)
+    with ckpt.region("next"):
+        pass
+    print("PIN", ckpt.pin(ptrs[0]), ckpt.pin(12345))
+    ckpt.offload(first.id)
+    ckpt.wait(first.id)
+    print("RESIDENCY", ckpt.query(ptrs[0])[1], ckpt.query(ptrs[1])[1])
+""")
+
+
+def test_a_pinned_buffer_is_never_offloaded(simulated):
+    env = child_env(preload=simulated, LD_LIBRARY_PATH=SIMDEV, CKPT_MODE="host", CKPT_OFFLOAD="manual",
+                    CKPT_MIN_BYTES="1", CKPT_DEBUG="ERROR", NVTX_INJECTION64_PATH="")
+    r = subprocess.run([sys.executable, "-c", PIN], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PIN True False" in r.stdout, r.stdout  # an untagged address: nothing to pin
+    assert "RESIDENCY device host" in r.stdout, r.stdout
+
+
 def test_pin_and_peer_calls_need_the_library():
     import ckpt
     from ckpt import library
