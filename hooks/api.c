@@ -206,9 +206,9 @@ CKPT_API int ckpt_release_cached(void) {
   LOCK();
   ckpt_reap();
   size_t n = ckpt_cache_trim((size_t)-1);
-  ckpt_host_store.release_idle(); /* idle pinned blocks too */
   ckpt_peer_dev_store.release_idle();
-  ckpt_peer_host_store.release_idle();
+  ckpt_peer_host_store.release_idle(); /* its idle slabs' blocks go back to the host pool */
+  ckpt_host_store.release_idle();      /* idle pinned blocks too */
   UNLOCK();
   IN_LIB_END();
   return n > 0x7fffffff ? 0x7fffffff : (int)n;

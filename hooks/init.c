@@ -40,9 +40,9 @@ static void release_at_exit(bool engine_stopped) {
   IN_LIB_BEGIN();
   ckpt_arena_release_all();
   if (engine_stopped && ckpt_engine_release()) {
-    ckpt_host_store.release_idle();
     ckpt_peer_dev_store.release_idle();
-    ckpt_peer_host_store.release_idle();
+    ckpt_peer_host_store.release_idle(); /* its slabs' blocks go back to the host pool: first */
+    ckpt_host_store.release_idle();
     ckpt_streams_release();
   }
   IN_LIB_END();

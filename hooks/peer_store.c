@@ -11,8 +11,15 @@
  * host memory (peer+host), sub-allocated by bumping, ALIGN-aligned; a slab
  * whose slices are all dropped starts again from 0. Room for a whole offload
  * job is made at once (job_begin), so a job wastes less than one granule.
- * Device slabs are given back when they empty, host slabs are pooled (they
- * are slow to create). CKPT_CONTIGUOUS=1 keeps every slab, and with
+ * Device slabs are given back when they empty, host slabs are kept (they
+ * are slow to create). A host slab is a block of the host pool, made on the
+ * pool's grower thread (store.h: nothing is created on the caller's thread):
+ * a put into a slab still being made returns a pending held with its room
+ * reserved, and resume copies the slice once the slab is there. The ranks'
+ * descriptors are exchanged when the job starts (job_end), pending or not,
+ * so each job is agreed on exactly once and in job order on every rank. A
+ * slab the grower fails to make leaves its survivors on this rank's device;
+ * the next restore of that region then disagrees and ends the group (said). CKPT_CONTIGUOUS=1 keeps every slab, and with
  * CKPT_NUMBER_CHECKPOINTS=N the first job makes one slab for N such jobs
  * (DeepSpeed's contiguous_memory_optimization): after warm-up no put
  * creates memory (stats: store_allocs, contiguous_bytes, allocs_avoided).
@@ -37,8 +44,12 @@
 struct slab {
   CUdeviceptr va;
   size_t size, used;
-  CUmemGenericAllocationHandle h;
+  CUmemGenericAllocationHandle h; /* device slabs */
+  struct ckpt_held *block;        /* host slabs: the host pool's block, NULL once failed */
   int device, live;
+  bool pending;      /* host: the block is still being made (va 0) */
+  bool failed;       /* host: the grower could not make it (rc); takes no more slices */
+  CUresult rc;
   bool kept;         /* never given back when it empties (host, contiguous) */
   bool contiguous;   /* CKPT_CONTIGUOUS's buffer */
   uint64_t job;      /* the job that created it */
@@ -48,7 +59,7 @@ struct slab {
 struct peer_held {
   struct ckpt_held held; /* held.va: the slice in its slab */
   struct slab *slab;
-  size_t base, tail, len;
+  size_t base, tail, len, off; /* off: the slice's place in its slab */
   struct peer_held *next_free;
 };
 
@@ -90,18 +101,25 @@ static struct slab *slab_new(struct where *w, int device, size_t need, bool cont
   }
   s->size = round_up(need, slab_gran(device, w->loc));
   s->device = device;
-  CUresult r = w->loc == CKPT_VMM_DEVICE ? ckpt_device_handle(device, s->size, &s->h)
-                                         : ckpt_vmm_create_host(device, s->size, &s->h);
-  if (r != CUDA_SUCCESS) goto fail;
-  if ((r = ckpt_vmm_reserve(s->size, slab_gran(device, w->loc), &s->va)) != CUDA_SUCCESS)
-    goto fail_h;
-  if ((r = ckpt_vmm_map(s->va, s->size, s->h, CKPT_DEV_BIT(device))) != CUDA_SUCCESS) goto fail_va;
+  CUresult r;
+  if (w->loc == CKPT_VMM_HOST) {
+    if (!(s->block = ckpt_host_block_get(device, s->size, f))) { /* counted in store_allocs when new */
+      free(s);
+      return NULL;
+    }
+    s->pending = s->block->pending;
+    s->va = s->pending ? 0 : s->block->va;
+  } else {
+    if ((r = ckpt_device_handle(device, s->size, &s->h)) != CUDA_SUCCESS) goto fail;
+    if ((r = ckpt_vmm_reserve(s->size, slab_gran(device, w->loc), &s->va)) != CUDA_SUCCESS) goto fail_h;
+    if ((r = ckpt_vmm_map(s->va, s->size, s->h, CKPT_DEV_BIT(device))) != CUDA_SUCCESS) goto fail_va;
+    ckpt_g.stats.store_allocs++;
+  }
   s->contiguous = contiguous;
   s->kept = contiguous || w->loc == CKPT_VMM_HOST || ckpt_param_int(CKPT_P_CONTIGUOUS);
   s->job = job_no;
   s->next = w->slabs;
   w->slabs = s;
-  ckpt_g.stats.store_allocs++;
   ckpt_g.stats.peer_slab_bytes += s->size;
   if (s->kept && ckpt_param_int(CKPT_P_CONTIGUOUS)) ckpt_g.stats.contiguous_bytes += s->size;
   return s;
@@ -121,7 +139,8 @@ static void slab_destroy(struct where *w, struct slab *s) {
       *pp = s->next;
       break;
     }
-  ckpt_vmm_teardown(s->va, s->size, s->h, CKPT_VMM_UNMAP | CKPT_VMM_RELEASE | CKPT_VMM_FREE_VA, true);
+  if (s->block) ckpt_host_block_drop(s->block); /* back to the host pool (made or not) */
+  else if (!s->failed) ckpt_vmm_teardown(s->va, s->size, s->h, CKPT_VMM_UNMAP | CKPT_VMM_RELEASE | CKPT_VMM_FREE_VA, true);
   ckpt_g.stats.peer_slab_bytes -= s->size;
   if (s->kept && ckpt_param_int(CKPT_P_CONTIGUOUS)) ckpt_g.stats.contiguous_bytes -= s->size;
   free(s);
@@ -129,8 +148,37 @@ static void slab_destroy(struct where *w, struct slab *s) {
 
 static struct slab *slab_fit(struct where *w, int device, size_t len) {
   for (struct slab *s = w->slabs; s; s = s->next)
-    if (s->device == device && s->size - s->used >= len) return s;
+    if (s->device == device && !s->failed && s->size - s->used >= len) return s;
   return NULL;
+}
+
+/* 1: s is made (va mapped); 0: its block is still being made; -1: it failed. */
+static int slab_ready(struct slab *s, CUresult *rc) {
+  *rc = s->rc;
+  if (s->failed) return -1;
+  if (!s->pending) return 1;
+  int st = ckpt_host_block_state(s->block, rc);
+  if (st > 0) {
+    s->pending = false;
+    s->va = s->block->va;
+  } else if (st < 0) {
+    s->block = NULL; /* freed by the pool */
+    s->failed = true;
+    s->rc = *rc;
+  }
+  return st;
+}
+
+/* Enqueues the copy of this rank's slice and the tail of src into ph's place. */
+static CUresult copy_slice(struct peer_held *ph, CUdeviceptr src, CUstream stream) {
+  CUdeviceptr dst = ph->slab->va + ph->off;
+  size_t r = (size_t)ckpt_peer_rank(), p = (size_t)ckpt_peer_size();
+  CUresult rc = CUDA_SUCCESS;
+  if (ph->base) rc = DRV(cuMemcpyDtoDAsync_v2, dst, src + r * ph->base, ph->base, stream);
+  if (rc == CUDA_SUCCESS && ph->tail) rc = DRV(cuMemcpyDtoDAsync_v2, dst + ph->base, src + p * ph->base, ph->tail, stream);
+  if (rc != CUDA_SUCCESS) CU_FAILED(cuMemcpyDtoDAsync_v2, rc);
+  ph->held.va = dst;
+  return rc;
 }
 
 /* ---- the store ------------------------------------------------------------ */
@@ -169,20 +217,22 @@ static struct ckpt_held *put(struct where *w, int device, CUdeviceptr src, size_
   struct slab *s = slab_fit(w, device, ph->len);
   if (!s && !(s = slab_new(w, device, ph->len, false, fail))) goto fail;
   if (s->contiguous && s->job != job_no) ckpt_g.stats.allocs_avoided++;
-  CUdeviceptr dst = s->va + s->used;
-  size_t r = (size_t)ckpt_peer_rank(), p = (size_t)ckpt_peer_size();
-  CUresult rc = CUDA_SUCCESS;
-  if (ph->base) rc = DRV(cuMemcpyDtoDAsync_v2, dst, src + r * ph->base, ph->base, stream);
-  if (rc == CUDA_SUCCESS && ph->tail) rc = DRV(cuMemcpyDtoDAsync_v2, dst + ph->base, src + p * ph->base, ph->tail, stream);
-  if (rc != CUDA_SUCCESS) {
-    CU_FAILED(cuMemcpyDtoDAsync_v2, rc);
+  ph->slab = s;
+  ph->off = s->used;
+  CUresult rc;
+  int st = slab_ready(s, &rc);
+  if (st < 0) {
+    fail->rc = rc;
+    goto fail;
+  }
+  if (st == 0) {
+    ph->held.pending = true; /* its room is reserved; resume copies the slice */
+  } else if ((rc = copy_slice(ph, src, stream)) != CUDA_SUCCESS) {
     *fail = (struct ckpt_store_fail){.rc = rc, .copy = true};
     goto fail;
   }
   s->used += ph->len;
   s->live++;
-  ph->slab = s;
-  ph->held.va = dst;
   ckpt_g.stats.peer_bytes_in_use += ph->len;
   return &ph->held;
 fail:
@@ -209,10 +259,28 @@ static void drop(struct where *w, struct ckpt_held *h) {
   ckpt_g.stats.peer_bytes_in_use -= ph->len;
   if (--s->live == 0) {
     s->used = 0;
-    if (!s->kept) slab_destroy(w, s);
+    if (!s->kept || s->failed) slab_destroy(w, s);
   }
   ph->next_free = free_held;
   free_held = ph;
+}
+
+/* A pending put (its host slab was being made): copies the slice once the
+ * slab is there. A failed slab drops h (the engine forgets it). */
+static CUresult resume(struct where *w, struct ckpt_held *h, CUdeviceptr src, CUstream stream,
+                       struct ckpt_store_fail *fail) {
+  struct peer_held *ph = (struct peer_held *)h;
+  *fail = (struct ckpt_store_fail){.rc = CUDA_SUCCESS};
+  CUresult rc;
+  int st = slab_ready(ph->slab, &rc);
+  if (st == 0) return CUDA_ERROR_NOT_READY;
+  if (st > 0 && (rc = copy_slice(ph, src, stream)) == CUDA_SUCCESS) {
+    h->pending = false;
+    return CUDA_SUCCESS;
+  }
+  *fail = (struct ckpt_store_fail){.rc = rc, .copy = st > 0};
+  drop(w, h);
+  return rc;
 }
 
 static void release_idle(struct where *w) {
@@ -282,11 +350,17 @@ static bool lost(const struct ckpt_held *h) {
     return put(&W, device, src, bytes, stream, fail);                                                          \
   }                                                                                                            \
   static void drop_##W(struct ckpt_held *h) { drop(&W, h); }                                                   \
+  static CUresult resume_##W(struct ckpt_held *h, CUdeviceptr src, size_t bytes, CUstream stream,              \
+                             struct ckpt_store_fail *fail) {                                                   \
+    (void)bytes;                                                                                               \
+    return resume(&W, h, src, stream, fail);                                                                   \
+  }                                                                                                            \
   static void release_##W(void) { release_idle(&W); }                                                          \
   static void begin_##W(int device, const size_t *bytes, int n) { begin(&W, device, bytes, n); }               \
   const struct ckpt_store NAME = {                                                                             \
       .name = NAME_STR,                                                                                        \
       .put = put_##W,                                                                                          \
+      .resume = resume_##W,                                                                                    \
       .get = get,                                                                                              \
       .drop = drop_##W,                                                                                        \
       .release_idle = release_##W,                                                                             \

@@ -95,4 +95,14 @@ static inline void ckpt_held_drop(struct ckpt_held *h) { h->store->drop(h); }
 
 /* host_pool.c */
 extern const struct ckpt_store ckpt_host_store;
+/* Pinned host memory for another store (the peer+host slabs): a block of the
+ * pool, counted and capped with it and made on its grower thread like the
+ * host store's own. NULL with *fail when the pool may not grow; else a held
+ * whose va maps `size` bytes once made (pending until then). */
+struct ckpt_held *ckpt_host_block_get(int device, size_t size, struct ckpt_store_fail *fail);
+/* 1: made (h->va is mapped, h->pending cleared); 0: still being made; -1:
+ * the grower failed (*rc), and h is freed. */
+int ckpt_host_block_state(struct ckpt_held *h, CUresult *rc);
+/* Gives the block back to the pool (made or still being made). */
+void ckpt_host_block_drop(struct ckpt_held *h);
 #endif

@@ -541,6 +541,122 @@ static void async_restore(void) {
   CU(cuStreamSynchronize(compute));
 }
 
+/* A failed map at a peer restore's swap. The offloaded VA is unmapped in
+ * peer mode, so there is no other copy to map back: cuMemMap / cuMemSetAccess
+ * failing on the swap (the restore's second map and access, after its
+ * staging mapping's) is retried (NOT_READY) or strands the VA, said loudly,
+ * and libckpt maps it again later; meanwhile the consumer queued right after
+ * ckpt_restore stays held at the gate. It never reads an unmapped VA
+ * (simdev_faulted) and reads exact bytes. */
+static void remap_fault(void) {
+  warm_up();
+  static const struct {
+    const char *call;
+    unsigned first, count;
+    int code;
+  } cases[] = {
+      {"cuMemMap", 2, 1, CUDA_ERROR_UNKNOWN},       {"cuMemMap", 2, 5, CUDA_ERROR_UNKNOWN},
+      {"cuMemMap", 2, 3, CUDA_ERROR_NOT_READY},     {"cuMemSetAccess", 2, 1, CUDA_ERROR_UNKNOWN},
+      {"cuMemSetAccess", 2, 5, CUDA_ERROR_UNKNOWN}, {"cuMemSetAccess", 2, 3, CUDA_ERROR_NOT_READY},
+  };
+  enum { NCASE = sizeof cases / sizeof cases[0] };
+  struct tensor t;
+  int id = ck.region_begin("fault");
+  alloc(&t, 6 * MiB + 1, 91);
+  ck.region_end();
+  uint64_t errors0 = ck_stats().driver_errors;
+  for (int i = 0; i < NCASE; i++) {
+    CHECK(ck.offload(id) == 0);
+    CHECK(ck.wait(id) == 0);
+    CHECK(residency(t.p) == CKPT_PEER, "case %d: residency %d before the restore", i, residency(t.p));
+    for (unsigned k = 0; k < cases[i].count; k++)
+      CHECK(simdev_fail(cases[i].call, cases[i].first + k, cases[i].code) == 0);
+    CHECK(ck.restore(id) == 0);
+    launch(check_kernel, &t); /* held at the restore's gate until t's VA maps */
+    CHECK(ck.wait(id) == 0);
+    CU(cuStreamSynchronize(compute));
+    simdev_fail_clear();
+    CHECK(!simdev_faulted(), "case %d (%s x%u code %d): a held stream touched an unmapped VA", i, cases[i].call,
+          cases[i].count, cases[i].code);
+    CHECK(residency(t.p) == CKPT_DEVICE, "case %d: residency %d after the restore", i, residency(t.p));
+    CHECK(kernel_errors == 0, "case %d: the consumer read wrong bytes", i);
+  }
+  struct ckpt_stats s = ck_stats();
+  CHECK(s.driver_errors > errors0, "the failed maps were reported");
+  CHECK(s.peer_mismatches == 0 && s.peer_lost == 0);
+  printf("rank %d: %d restore map faults, driver errors %llu, data exact\n", R, NCASE,
+         (unsigned long long)(s.driver_errors - errors0));
+  check_free(&t);
+}
+
+/* Regions that grow step after step: every step needs slice room the
+ * earlier ones did not make. Device slabs (peer) are made at the job's
+ * start; host slabs (peer+host) are blocks of the host pool, made on its
+ * grower thread while the puts into them are pending (completed by the
+ * engine's resume before the swap). Every byte checked. */
+static void grow(void) {
+  warm_up();
+  uint64_t allocs0 = ck_stats().store_allocs;
+  for (int step = 0; step < 4; step++) {
+    struct tensor t[3];
+    int id = ck.region_begin("grow");
+    for (int i = 0; i < 3; i++) alloc(&t[i], (size_t)(step + 1) * 3 * MiB + (size_t)i * 4097 + 5, 200 + step * 3 + i);
+    ck.region_end();
+    CHECK(ck.offload(id) == 0);
+    CHECK(ck.wait(id) == 0);
+    for (int i = 0; i < 3; i++) CHECK(residency(t[i].p) == CKPT_PEER, "step %d: residency %d", step, residency(t[i].p));
+    CHECK(ck.restore(id) == 0);
+    for (int i = 0; i < 3; i++) check_free(&t[i]);
+    CHECK(ck.wait(id) == 0);
+    CHECK(ck.step() == 0);
+    CU(cuStreamSynchronize(compute));
+  }
+  struct ckpt_stats s = ck_stats();
+  printf("rank %d (%s): store allocations %llu after warm-up, slabs %llu bytes, host pool %llu bytes\n", R,
+         ck.mode(), (unsigned long long)(s.store_allocs - allocs0), (unsigned long long)s.peer_slab_bytes,
+         (unsigned long long)s.host_pool_bytes);
+  CHECK(s.store_allocs > allocs0, "growing regions made new slice buffers");
+  if (!strcmp(ck.mode(), "peer+host"))
+    CHECK(s.peer_slab_bytes > 0 && s.host_pool_bytes >= s.peer_slab_bytes, "host slabs %llu bytes, pool %llu",
+          (unsigned long long)s.peer_slab_bytes, (unsigned long long)s.host_pool_bytes);
+  else
+    CHECK(s.host_pool_bytes == 0, "the host pool took %llu bytes", (unsigned long long)s.host_pool_bytes);
+  CHECK(s.peer_bytes_in_use == 0 && s.peer_mismatches == 0 && s.peer_lost == 0);
+}
+
+/* peer+host: the host pool's grower fails to make a new slice slab (the
+ * next cuMemCreate after the survivors exist, on every rank): the pending
+ * puts are given up, the survivors stay on the device on every rank (the
+ * ranks agree: no mismatch), their bytes exact; the next step offloads. */
+static void grow_fail(void) {
+  warm_up();
+  for (int step = 0; step < 2; step++) {
+    struct tensor t[2];
+    int id = ck.region_begin("growfail");
+    alloc(&t[0], 24 * MiB + 3, 300 + (uint64_t)step);
+    alloc(&t[1], 8 * MiB, 310 + (uint64_t)step);
+    ck.region_end();
+    CU(cuStreamSynchronize(compute));
+    if (step == 0) CHECK(simdev_fail("cuMemCreate", 1, CUDA_ERROR_OUT_OF_MEMORY) == 0);
+    CHECK(ck.offload(id) == 0);
+    CHECK(ck.wait(id) == 0);
+    simdev_fail_clear();
+    int want = step == 0 ? CKPT_DEVICE : CKPT_PEER;
+    for (int i = 0; i < 2; i++)
+      CHECK(residency(t[i].p) == want, "step %d: residency %d, expected %d", step, residency(t[i].p), want);
+    CHECK(ck.restore(id) == 0);
+    for (int i = 0; i < 2; i++) check_free(&t[i]);
+    CHECK(ck.wait(id) == 0);
+    CHECK(ck.step() == 0);
+    CU(cuStreamSynchronize(compute));
+  }
+  struct ckpt_stats s = ck_stats();
+  printf("rank %d: pool-full %llu, mismatches %llu\n", R, (unsigned long long)s.host_pool_exhausted,
+         (unsigned long long)s.peer_mismatches);
+  CHECK(s.host_pool_exhausted > 0, "the failed slab was counted");
+  CHECK(s.peer_mismatches == 0 && s.peer_lost == 0 && s.peer_bytes_in_use == 0);
+}
+
 static int run_rank(const char *scenario, uint64_t seed) {
   if (!strcmp(scenario, "api") || !strcmp(scenario, "unconfigured")) { /* before libckpt reads its parameters */
     unsetenv("CKPT_PEER_SIZE");
@@ -568,6 +684,9 @@ static int run_rank(const char *scenario, uint64_t seed) {
   else if (!strcmp(scenario, "pin")) pinned();
   else if (!strcmp(scenario, "api")) api_bootstrap();
   else if (!strcmp(scenario, "async")) async_restore();
+  else if (!strcmp(scenario, "remap_fault")) remap_fault();
+  else if (!strcmp(scenario, "grow")) grow();
+  else if (!strcmp(scenario, "grow_fail")) grow_fail();
   else CHECK(0, "unknown scenario %s", scenario);
   CU(cuStreamSynchronize(compute));
   CU(cuCtxSynchronize());
@@ -678,9 +797,12 @@ static int launch_scenario(const char *scenario, int p, const char *seed) {
       if (!strcmp(scenario, "mismatch")) ok = log_has(r, "peer ranks disagree: rank") && log_has(r, "region");
       if (!strcmp(scenario, "mismatch_restore"))
         ok = log_has(r, "peer ranks disagree: rank") && log_has(r, "restore of region") &&
-             log_has(r, "peer group failed") && log_has(r, "is LOST");
+             log_has(r, "peer group failed") && log_has(r, "is LOST") &&
+             log_has(r, " peer-lost=2 verify-failures=0") && log_has(r, "driver-errors=") && !log_has(r, "peer-mismatches=0");
       if (!strcmp(scenario, "dead") && r < p - 1) ok = log_has(r, "peer group failed") && log_has(r, "is LOST");
-      if (!strcmp(scenario, "verify")) ok = log_has(r, "CKPT_VERIFY: region") && log_has(r, "'v'");
+      if (!strcmp(scenario, "verify"))
+        ok = log_has(r, "CKPT_VERIFY: region") && log_has(r, "'v'") &&
+             log_has(r, " peer-mismatches=0 peer-lost=0 verify-failures=1"); /* the exit summary, fields at its end */
       if (!strcmp(scenario, "oom_restore")) ok = log_has(r, "peer ranks disagree") && log_has(r, "is LOST");
       if (!strcmp(scenario, "unconfigured")) ok = log_has(r, "needs a peer group");
       if (!strcmp(scenario, "verify_host")) ok = log_has(r, "CKPT_VERIFY: region") && log_has(r, "'vh'");
