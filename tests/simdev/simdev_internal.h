@@ -146,6 +146,7 @@ struct sd_region {
     unsigned flags;
     struct sd_pool *pool; /* SD_REGION_POOL */
     enum sd_block_state state;
+    bool graph_alloc; /* SD_REGION_POOL: allocated on a capturing stream (a graph allocation node) */
     struct sd_region *next_cached;
     unsigned long nmaps; /* SD_REGION_RESERVED: live cuMemMap mappings */
 };
@@ -290,6 +291,7 @@ struct sd_capture *sd_stream_capture(struct sd_stream *s); /* takes the sched lo
 /* Stream-ordered allocation in a capture: a graph allocation node (the block
  * belongs to the graph, same address every launch) / a graph free node. */
 void sd_capture_note_free(struct sd_capture *cap, struct sd_region *block); /* takes the sched lock */
+void sd_capture_fail(struct sd_capture *cap); /* invalidates it; takes the sched lock */
 
 /* ---- stream memory operations (memop.c) ---- */
 
