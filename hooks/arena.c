@@ -380,7 +380,9 @@ static struct talloc *live_exact(CUdeviceptr p) {
  *   synchronize the device: a potentially unsafe call that invalidates a
  *   global-mode capture (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). */
 static bool capture_refuses(struct talloc *t, CUstream stream, bool sync, CUresult *rc) {
-  if (!sync && ckpt_stream_capturing(stream)) {
+  /* (The legacy stream never captures; asked while a blocking stream does, the
+   * driver answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: deferred in ckpt_free.) */
+  if (!sync && stream != CU_STREAM_LEGACY && ckpt_stream_capturing(stream)) {
     *rc = CUDA_ERROR_INVALID_VALUE;
     CKPT_WARN_ONCE("cuMemFreeAsync of tagged memory (%#llx) on a capturing stream: in a capture a free must "
                    "name a graph allocation, and tagged memory was allocated outside the capture; not freed "

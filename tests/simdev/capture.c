@@ -331,6 +331,13 @@ static CUresult status_of(CUstream handle, bool per_thread_default, CUstreamCapt
     if (rc != CUDA_SUCCESS)
         return rc;
     sd_sched_lock();
+    /* cuStreamIsCapturing / cuStreamGetCaptureInfo: on the legacy stream while
+     * a blocking stream of its context captures, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+     * ("the blocking stream capture is not invalidated"). */
+    if (s->kind == SD_STREAM_LEGACY && sd_capture_legacy_blocked(s)) {
+        sd_sched_unlock();
+        return CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+    }
     struct sd_capture *cap = s->cap;
     *st = !cap ? CU_STREAM_CAPTURE_STATUS_NONE
                : cap->invalid ? CU_STREAM_CAPTURE_STATUS_INVALIDATED : CU_STREAM_CAPTURE_STATUS_ACTIVE;

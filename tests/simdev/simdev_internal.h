@@ -278,6 +278,9 @@ CUresult sd_capture_record(struct sd_capture *cap, struct sd_stream *s, struct s
 /* Under the sched lock: legacy-stream work while a blocking stream of its
  * context captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, captures invalidated). */
 CUresult sd_capture_legacy_check(struct sd_stream *legacy);
+/* Under the sched lock: whether a blocking stream of legacy's context captures
+ * (nothing invalidated: what cuStreamIsCapturing on the legacy stream reports). */
+bool sd_capture_legacy_blocked(struct sd_stream *legacy);
 /* The rule for potentially unsafe calls while captures are active; returns
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (and invalidates the captures it
  * conflicts with) or CUDA_SUCCESS. Takes the sched lock. */

@@ -1530,6 +1530,35 @@ Test(capture, free_node_of_memory_not_allocated_by_a_graph_fails)
     CK(cuStreamDestroy_v2(s));
 }
 
+/* cuStreamIsCapturing on the legacy stream while a blocking stream captures:
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, the capture not invalidated; while only
+ * a non-blocking stream captures: not capturing. */
+Test(capture, legacy_stream_status_during_a_blocking_capture)
+{
+    init();
+    CUstream blk, nb;
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+    CK(cuStreamCreate(&blk, CU_STREAM_DEFAULT));
+    CK(cuStreamCreate(&nb, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamBeginCapture_v2(nb, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK(cuStreamIsCapturing(CU_STREAM_LEGACY, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CUgraph g;
+    CK(cuStreamEndCapture(nb, &g));
+    CK(cuGraphDestroy(g));
+    CK(cuStreamBeginCapture_v2(blk, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK_ERR(cuStreamIsCapturing(CU_STREAM_LEGACY, &st), CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    CK_ERR(cuStreamIsCapturing(NULL, &st), CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    CK(cuStreamIsCapturing(blk, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    CK(cuStreamEndCapture(blk, &g)); /* not invalidated */
+    CK(cuGraphDestroy(g));
+    CK(cuStreamIsCapturing(CU_STREAM_LEGACY, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CK(cuStreamDestroy_v2(blk));
+    CK(cuStreamDestroy_v2(nb));
+}
+
 /* ---- slowness knobs ---- */
 
 Test(knobs, copy_rate_delays_copies)
