@@ -10,6 +10,8 @@
 #include "check.h"
 #include "engine.h"
 #include "observe.h"
+#include "params.h"
+#include "peer.h"
 #include "policy.h"
 #include "region.h"
 #include "rng.h"
@@ -29,6 +31,8 @@ static void sample_device(void) {
 
 CKPT_API const char *ckpt_mode(void) {
   ckpt_init();
+  /* A failed peer group left this rank offloading to the host. */
+  if ((ckpt_g.mode == CKPT_MODE_PEER || ckpt_g.mode == CKPT_MODE_PEER_HOST) && ckpt_peer_failed()) return "host";
   return ckpt_mode_name(ckpt_g.mode);
 }
 
@@ -202,7 +206,9 @@ CKPT_API int ckpt_release_cached(void) {
   LOCK();
   ckpt_reap();
   size_t n = ckpt_cache_trim((size_t)-1);
-  ckpt_host_store.release_idle(); /* idle pinned blocks too */
+  ckpt_peer_dev_store.release_idle();
+  ckpt_peer_host_store.release_idle(); /* its idle slabs' blocks go back to the host pool */
+  ckpt_host_store.release_idle();      /* idle pinned blocks too */
   UNLOCK();
   IN_LIB_END();
   return n > 0x7fffffff ? 0x7fffffff : (int)n;
@@ -225,4 +231,44 @@ CKPT_API int ckpt_profile_set(int profile, int synchronize) {
   API_ENTER();
   ckpt_profile_init(profile != 0, synchronize != 0);
   return 0;
+}
+
+/* ---- peer group, pinning -------------------------------------------------- */
+
+CKPT_API int ckpt_peer_unique_id(char *out, size_t len) {
+  API_ENTER();
+  IN_LIB_BEGIN();
+  int rc = ckpt_peer_group_unique_id(out, len);
+  IN_LIB_END();
+  return rc;
+}
+
+/* Not under the core lock: the join waits for the other ranks. */
+CKPT_API int ckpt_peer_init(const char *id, size_t len, int size, int rank) {
+  API_ENTER();
+  if (!ckpt_g.tagging) return CKPT_EDISABLED;
+  IN_LIB_BEGIN();
+  int rc = ckpt_peer_group_init(id, len, size, rank);
+  IN_LIB_END();
+  return rc;
+}
+
+CKPT_API int ckpt_pin(uintptr_t ptr) {
+  API_ENTER();
+  IN_LIB_BEGIN();
+  LOCK();
+  struct talloc *t = ckpt_live_find((CUdeviceptr)ptr);
+  int rc = CKPT_ENOENT;
+  if (t) {
+    t->keep = true; /* the policy never offloads a kept allocation */
+    rc = 0;
+    if (t->state != CKPT_DEVICE && t->region) {
+      struct region *top = t->region->top;
+      rc = ckpt_policy_restore(top);
+      ckpt_engine_wait_settled(top, false);
+    }
+  }
+  UNLOCK();
+  IN_LIB_END();
+  return rc;
 }

@@ -140,7 +140,8 @@ static struct talloc *pending_take_same_stream(int device, size_t size, CUstream
   if (s == CU_STREAM_PER_THREAD) return NULL; /* names a different stream on each thread */
   for (struct talloc **pp = &pending; *pp; pp = &(*pp)->next) {
     struct talloc *t = *pp;
-    if (!t->busy && t->state == CKPT_DEVICE && t->free_stream == s && t->device == device && t->size == size) {
+    if (!t->busy && !t->free_deferred && t->state == CKPT_DEVICE && t->free_stream == s && t->device == device &&
+        t->size == size) {
       *pp = t->next;
       return t;
     }
@@ -172,8 +173,8 @@ static void finish_free(struct talloc *t) {
     return;
   }
   /* Host-backed (t->dev is 0): unmap the host block here, the pool keeps it. */
-  if (t->held) {
-    ckpt_vmm_teardown(t->va, t->size, 0, CKPT_VMM_UNMAP, true);
+  if (t->held) { /* peer slices (no handle): the VA is not mapped */
+    if (t->held->handle) ckpt_vmm_teardown(t->va, t->size, 0, CKPT_VMM_UNMAP, true);
     ckpt_g.stats.host_bytes_in_use -= t->size;
     ckpt_g.stats.device_bytes_released -= t->size;
     ckpt_held_drop(t->held);
@@ -182,11 +183,30 @@ static void finish_free(struct talloc *t) {
   talloc_destroy(t); /* unmaps and releases device memory still held */
 }
 
+/* A free on the legacy stream while a capture was active on the device: its
+ * event is recorded once no capture is (a record on the legacy stream would
+ * join a blocking stream's capture: CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, the
+ * capture invalidated). Recorded later than the free: the mapping only lives
+ * longer. False while the event is not recorded: an unrecorded event reads
+ * as complete. */
+static bool record_deferred(struct talloc *t) {
+  if (!t->free_deferred) return true;
+  if (ckpt_captures_active(t->device)) return false;
+  CUresult r = DRV(cuEventRecord, t->free_ev, t->free_stream);
+  if (r != CUDA_SUCCESS) {
+    CU_FAILED(cuEventRecord, r);
+    t->busy = true; /* retired without reuse, as in ckpt_free */
+    return false;
+  }
+  t->free_deferred = false;
+  return true;
+}
+
 void ckpt_arena_release_all(void) {
   for (struct talloc **pp = &pending; *pp;) {
     struct talloc *t = *pp;
     /* Once its stream is past the program's free, nothing touches it. */
-    if (!t->busy && DRV(cuEventSynchronize, t->free_ev) == CUDA_SUCCESS) {
+    if (!t->busy && record_deferred(t) && DRV(cuEventSynchronize, t->free_ev) == CUDA_SUCCESS) {
       *pp = t->next;
       finish_free(t);
     } else {
@@ -199,7 +219,7 @@ void ckpt_arena_release_all(void) {
 void ckpt_reap(void) {
   for (struct talloc **pp = &pending; *pp;) {
     struct talloc *t = *pp;
-    if (!t->busy && ckpt_event_query(t->free_ev) == CUDA_SUCCESS) {
+    if (!t->busy && record_deferred(t) && ckpt_event_query(t->free_ev) == CUDA_SUCCESS) {
       *pp = t->next;
       finish_free(t);
     } else {
@@ -348,19 +368,68 @@ static struct talloc *live_exact(CUdeviceptr p) {
   return t && t->va == p ? t : NULL;
 }
 
+/* Frees of tagged memory that a capture cannot take (lock held; a capture is
+ * active somewhere). The program gets the driver's answer for the same free
+ * of its own memory, but the capture is left valid and nothing is freed:
+ * - cuMemFreeAsync on a capturing stream would be a graph free node, which
+ *   must name a graph allocation (cuMemFreeAsync, cuGraphAddMemFreeNode:
+ *   CUDA_ERROR_INVALID_VALUE); a tagged allocation never is one (allocations
+ *   on a capturing stream are not tagged). Freeing it behind the graph's back
+ *   would be a use after free at every replay;
+ * - cuMemFree while a capture is active on the device would have to
+ *   synchronize the device: a potentially unsafe call that invalidates a
+ *   global-mode capture (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). */
+static bool capture_refuses(struct talloc *t, CUstream stream, bool sync, CUresult *rc) {
+  /* (The legacy stream never captures; asked while a blocking stream does, the
+   * driver answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: deferred in ckpt_free.) */
+  if (!sync && stream != CU_STREAM_LEGACY && ckpt_stream_capturing(stream)) {
+    *rc = CUDA_ERROR_INVALID_VALUE;
+    CKPT_WARN_ONCE("cuMemFreeAsync of tagged memory (%#llx) on a capturing stream: in a capture a free must "
+                   "name a graph allocation, and tagged memory was allocated outside the capture; not freed "
+                   "(CUDA_ERROR_INVALID_VALUE, the capture left valid): free it after cuStreamEndCapture",
+                   (unsigned long long)t->va);
+    return true;
+  }
+  if (sync && ckpt_captures_active(t->device) > 0) {
+    *rc = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    CKPT_WARN_ONCE("cuMemFree of tagged memory (%#llx) while a stream capture is active on its device: it would "
+                   "synchronize the device, which invalidates the capture; not freed "
+                   "(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, the capture left valid): free it after the capture, or "
+                   "with cuMemFreeAsync on a stream that is not capturing", (unsigned long long)t->va);
+    return true;
+  }
+  return false;
+}
+
 bool ckpt_free(CUdeviceptr dptr, CUstream stream, bool sync, CUresult *rc) {
   if (ckpt_g.forked) return false;
   stream = norm_stream(stream);
   IN_LIB_BEGIN();
   LOCK();
   struct talloc *t = live_exact(dptr);
+  if (t && ckpt_captures_any() && capture_refuses(t, stream, sync, rc)) {
+    UNLOCK();
+    IN_LIB_END();
+    return true; /* nothing freed: the allocation stays live and intact */
+  }
   if (t && sync) {
     /* cuMemFree semantics: the device is idle afterwards. Never wait for the
-     * device with the lock held: the engine may need it to open a gate. */
+     * device with the lock held: the engine may need it to open a gate.
+     * Relaxed: a capture another thread begins meanwhile is not invalidated. */
     UNLOCK();
-    *rc = DRV(cuCtxSynchronize);
+    {
+      CKPT_RELAXED_SCOPE();
+      *rc = DRV(cuCtxSynchronize);
+    }
     LOCK();
     t = live_exact(dptr);
+    if (t && *rc != CUDA_SUCCESS) {
+      /* The device may still use it: freeing now could be a use after free. */
+      CU_FAILED(cuCtxSynchronize, *rc);
+      UNLOCK();
+      IN_LIB_END();
+      return true;
+    }
   }
   if (!t) {
     UNLOCK();
@@ -375,7 +444,8 @@ bool ckpt_free(CUdeviceptr dptr, CUstream stream, bool sync, CUresult *rc) {
   if (!sync) {
     *rc = CUDA_SUCCESS;
     t->free_stream = stream;
-    CUresult r = DRV(cuEventRecord, t->free_ev, stream);
+    t->free_deferred = stream == CU_STREAM_LEGACY && ckpt_captures_active(t->device) > 0;
+    CUresult r = t->free_deferred ? CUDA_SUCCESS : DRV(cuEventRecord, t->free_ev, stream);
     if (r != CUDA_SUCCESS) {
       /* Without an event nothing proves the stream is past the free: keep the
        * mapping out of reuse (an unrecorded event would read as complete). */

@@ -30,6 +30,7 @@ struct talloc {
   bool busy;        /* an engine job owns the transition in flight */
   bool cancel;      /* offload cancelled by a restore before the swap */
   bool freed;       /* the program freed it; the stream has not passed the free yet (pending list) */
+  bool free_deferred; /* freed on the legacy stream during a capture: free_ev not recorded yet (ckpt_reap) */
   bool keep;        /* outlived a whole cycle: persistent, never offloaded again */
   bool moved;       /* was host-backed in this life: its memory is not cached on free */
   bool stranded;    /* a swap could map neither copy at va: the gate stays closed (copy.h) */

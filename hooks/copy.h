@@ -15,6 +15,8 @@
 
 struct region;
 struct talloc;
+struct ckpt_store;
+struct ckpt_verify;
 
 enum { JOB_TO_HOST, JOB_TO_DEVICE };
 
@@ -32,6 +34,9 @@ struct job {
   CUcontext ctx;
   CUevent start, done;
   struct region *top;
+  const struct ckpt_store *hooks; /* the store whose job hooks run for this job, or NULL */
+  void *token;                    /* its job_end's, until the verdict */
+  struct ckpt_verify *verify;     /* CKPT_VERIFY staging, or NULL */
   int n;
   struct job *next;
   struct talloc *items[];
@@ -73,6 +78,9 @@ void ckpt_copies_repair(struct job **jobs, int n);
 /* After ckpt_copies_apply: the job's CKPT_T_*_END trace record with the
  * bytes actually swapped (and a *_ROLLBACK record for items that were not). */
 void ckpt_copies_trace_end(const struct job *j, uint64_t copy_ns);
+/* Lock NOT held: waits for j's copies (bounded when a store's collectives
+ * are in them); the code is the copies'. */
+CUresult ckpt_copies_wait(struct job *j);
 /* Waits for the device's copy streams (both directions). */
 CUresult ckpt_copy_stream_sync(int device);
 /* At exit, no job left: destroys the copy streams. */

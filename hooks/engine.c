@@ -142,10 +142,11 @@ static void engine_round(void) {
     }
     UNLOCK();
     DRV(cuCtxSetCurrent, target->ctx);
-    rc_target = DRV(cuEventSynchronize, target->done);
+    rc_target = ckpt_copies_wait(target);
     /* An error here says nothing about the copies: wait for the copy streams
-     * before anything rolls back (and frees) memory they may still touch. */
-    if (rc_target != CUDA_SUCCESS) {
+     * before anything rolls back (and frees) memory they may still touch.
+     * NOT_READY: a store's bounded wait gave up (said, and waited for). */
+    if (rc_target != CUDA_SUCCESS && rc_target != CUDA_ERROR_NOT_READY) {
       CU_ERROR_ONCE("waiting for a copy's completion event failed (%s): waiting for libckpt's copy streams instead",
                     ckpt_cu_name(rc_target));
       if (ckpt_copy_stream_sync(target->device) == CUDA_SUCCESS) rc_target = CUDA_SUCCESS;

@@ -142,6 +142,7 @@ static struct host_block *block_get(int device, size_t size, struct ckpt_store_f
   b->next = blocks;
   blocks = b;
   pool_bytes += size;
+  ckpt_g.stats.store_allocs++; /* core lock held (put) */
   *grow_tail = b;
   grow_tail = &b->gnext;
   pthread_cond_broadcast(&grow_cv);
@@ -215,6 +216,37 @@ static void host_drop(struct ckpt_held *h) {
   publish_bytes();
   pthread_mutex_unlock(&pool_mu);
 }
+
+/* ---- blocks for another store (store.h) ---------------------------------- */
+
+struct ckpt_held *ckpt_host_block_get(int device, size_t size, struct ckpt_store_fail *fail) {
+  *fail = (struct ckpt_store_fail){.rc = CUDA_SUCCESS};
+  pthread_mutex_lock(&pool_mu);
+  struct host_block *b = block_get(device, size, fail);
+  publish_bytes();
+  pthread_mutex_unlock(&pool_mu);
+  return b ? &b->held : NULL;
+}
+
+int ckpt_host_block_state(struct ckpt_held *h, CUresult *rc) {
+  struct host_block *b = (struct host_block *)h;
+  pthread_mutex_lock(&pool_mu);
+  bool ready = b->ready;
+  *rc = b->rc;
+  if (!ready && *rc != CUDA_SUCCESS) { /* the grower could not make it */
+    unlink_block(b);
+    free(b);
+  }
+  publish_bytes();
+  pthread_mutex_unlock(&pool_mu);
+  if (ready) {
+    h->pending = false;
+    return 1;
+  }
+  return *rc == CUDA_SUCCESS ? 0 : -1;
+}
+
+void ckpt_host_block_drop(struct ckpt_held *h) { host_drop(h); }
 
 /* Waits for the grower to finish what it makes, stops it (a later block_get
  * starts it again; joined, so exit leaves no thread behind), then frees every

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "observe.h"
 #include "params.h"
+#include "peer.h"
 #include "policy.h"
 #include "state.h"
 #include "store.h"
@@ -39,6 +40,8 @@ static void release_at_exit(bool engine_stopped) {
   IN_LIB_BEGIN();
   ckpt_arena_release_all();
   if (engine_stopped && ckpt_engine_release()) {
+    ckpt_peer_dev_store.release_idle();
+    ckpt_peer_host_store.release_idle(); /* its slabs' blocks go back to the host pool: first */
     ckpt_host_store.release_idle();
     ckpt_streams_release();
   }
@@ -60,13 +63,8 @@ static void at_exit(void) {
 
 static void init(void) {
   ckpt_params_load();
-  int mode = (int)ckpt_param_int(CKPT_P_MODE);
-  if (mode == CKPT_MODE_PEER || mode == CKPT_MODE_PEER_HOST) {
-    CKPT_WARN("CKPT_MODE=%s: peer partitioning is not implemented yet; using host offload instead",
-              ckpt_mode_name(mode));
-    mode = CKPT_MODE_HOST;
-  }
-  ckpt_g.mode = mode;
+  /* The peer modes' group is made on first use (copy.c, peer_group.c). */
+  ckpt_g.mode = (int)ckpt_param_int(CKPT_P_MODE);
   ckpt_arena_init((size_t)ckpt_param_int(CKPT_P_MIN_BYTES));
   ckpt_policy_init();
   ckpt_g.tagging = ckpt_g.mode != CKPT_MODE_NONE && ckpt_driver_load() == CUDA_SUCCESS;

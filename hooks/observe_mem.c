@@ -71,10 +71,12 @@ void ckpt_observe_summary(void) {
   }
   ckpt_log_print("summary: %s; mode=%s regions=%llu tagged=%llu offloaded=%.1f MiB restored=%.1f MiB "
                  "device released peak=%.1f MiB copy=%.3f s stall=%.3f s pool-full=%llu restore-oom=%llu "
-                 "driver-errors=%llu",
+                 "driver-errors=%llu peer-mismatches=%llu peer-lost=%llu verify-failures=%llu",
                  saving, ckpt_observe_mode, (unsigned long long)s.regions_opened,
                  (unsigned long long)s.tagged_allocs, (double)s.offloaded_bytes_total / 1048576.0,
                  (double)s.restored_bytes_total / 1048576.0, (double)s.device_bytes_released_peak / 1048576.0,
                  s.copy_seconds_total, s.stall_seconds_total, (unsigned long long)s.host_pool_exhausted,
-                 (unsigned long long)s.restore_oom, (unsigned long long)s.driver_errors);
+                 (unsigned long long)s.restore_oom, (unsigned long long)s.driver_errors,
+                 (unsigned long long)s.peer_mismatches, (unsigned long long)s.peer_lost,
+                 (unsigned long long)s.verify_failures);
 }

@@ -44,10 +44,12 @@ void ckpt_policy_init(void) {
 
 /* ---- region trees --------------------------------------------------------- */
 
-/* Survivors of a region tree matching `want`, at most `max`. */
+/* Survivors of a region tree matching `want` (CKPT_HOST: any offloaded,
+ * host-backed or peer slices), at most `max`. */
 static int collect(struct region *r, int want, struct talloc **out, int n, int max) {
   for (struct talloc *t = r->allocs; t; t = t->rnext)
-    if (t->state == want && !t->busy && !(want == CKPT_DEVICE && t->keep)) {
+    if ((t->state == want || (want == CKPT_HOST && t->state == CKPT_PEER)) && !t->busy &&
+        !(want == CKPT_DEVICE && t->keep)) {
       if (out && n < max) out[n] = t;
       n++;
     }
@@ -119,6 +121,9 @@ int ckpt_policy_offload(struct region *top) {
 static int prefetch_tree(struct region *top) {
   cycle_restored = true;
   if (!ckpt_g.tagging || ckpt_g.exiting) return 0; /* host-backed data stays valid */
+  /* Peer modes: every rank must restore the same items, so an offload in
+   * flight is finished, not cancelled on whichever rank it had not finished. */
+  if (ckpt_g.mode == CKPT_MODE_PEER || ckpt_g.mode == CKPT_MODE_PEER_HOST) ckpt_engine_wait_settled(top, true);
   cancel_offload(top);
   return tree_job(JOB_TO_DEVICE, top);
 }

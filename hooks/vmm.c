@@ -257,5 +257,9 @@ enum ckpt_remap ckpt_vmm_remap(CUdeviceptr va, size_t size, ckpt_devmask access,
     *rc = r;
     return CKPT_REMAP_BACK;
   }
+  if (!to) { /* nothing to map (a peer slice): va stays unmapped, as asked */
+    *rc = CUDA_SUCCESS;
+    return CKPT_REMAP_TO;
+  }
   return ckpt_vmm_map_either(va, size, access, to, back, rc);
 }

@@ -87,7 +87,8 @@ enum ckpt_remap { CKPT_REMAP_TO, CKPT_REMAP_BACK, CKPT_REMAP_NONE };
  * failed: nothing moved), or NONE: va is unmapped (both copies still hold
  * the data; ckpt_vmm_map_either can be retried later). *rc: the first
  * failure (CUDA_SUCCESS for TO). Every failure is logged. Mapped memory is
- * never touched: the caller guarantees nothing runs on va meanwhile (gates). */
+ * never touched: the caller guarantees nothing runs on va meanwhile (gates).
+ * `to` 0: va is only unmapped (TO once the unmap succeeded; a peer slice). */
 enum ckpt_remap ckpt_vmm_remap(CUdeviceptr va, size_t size, ckpt_devmask access, CUmemGenericAllocationHandle to,
                                CUmemGenericAllocationHandle back, CUresult *rc);
 /* va is unmapped: maps `to`, else `back` (with the same retries); logged. */

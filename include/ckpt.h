@@ -106,6 +106,16 @@ struct ckpt_stats {
   uint64_t captured_allocs;       /* allocations on a capturing stream, passed through untagged */
   uint64_t swaps_deferred_capture; /* gates refused (batch rolled back) while a capture was active on the device */
   uint64_t streams_known;         /* streams libckpt fences and holds now (all devices) */
+  /* peer modes, contiguous buffers, verify (appended: older readers stop above) */
+  uint64_t peer_bytes_in_use;     /* bytes of this rank's slices held now (device or host slabs) */
+  uint64_t peer_slab_bytes;       /* bytes of slice buffers (slabs) created, in use + idle */
+  uint64_t store_allocs;          /* backing memory the stores created (host blocks, slabs): 0 per step after warm-up */
+  uint64_t contiguous_bytes;      /* bytes of kept (CKPT_CONTIGUOUS) slice buffers */
+  uint64_t allocs_avoided;        /* slices placed in a contiguous buffer made by an earlier job */
+  uint64_t peer_mismatches;       /* peer jobs the ranks disagreed on (rolled back or failed) */
+  uint64_t peer_lost;             /* allocations whose slices were lost with a failed peer group */
+  uint64_t verify_checked;        /* restores whose checksum matched (CKPT_VERIFY) */
+  uint64_t verify_failures;       /* restores whose checksum did not match (each logged) */
   /* CKPT_BUDGET: what the budget chose last and why (CKPT_BUDGET_WHY_*). */
   uint64_t budget_mode;           /* CKPT_BUDGET_OFF, _AUTO, _BYTES */
   uint64_t budget_bytes;          /* CKPT_BUDGET=<bytes>; 0 otherwise */
@@ -137,6 +147,22 @@ int ckpt_stats_get(struct ckpt_stats *out, size_t size);
  * as CKPT_PROFILE / CKPT_SYNC): per-region forward and backward device time
  * in the stats, and a device synchronisation at every region boundary. */
 int ckpt_profile_set(int profile, int synchronize);
+
+/* ---- peer modes (CKPT_MODE=peer / peer+host) ------------------------------ */
+
+/* The peer group is CKPT_PEER_SIZE/CKPT_PEER_RANK/CKPT_PEER_ID_FILE, or these
+ * two calls (what a framework binding uses: rank 0 makes the id, the group's
+ * own broadcast hands it to the others, every rank joins). The id is NCCL's
+ * (128 bytes). Join on the device the tagged memory lives on (its context
+ * current); bounded by CKPT_PEER_TIMEOUT_MS; once per process. The id is
+ * bytes, not a string (char * for bindings). */
+int ckpt_peer_unique_id(char *out, size_t len);
+int ckpt_peer_init(const char *id, size_t len, int size, int rank);
+
+/* Never offload the tagged allocation holding ptr again (it is restored now
+ * if it is not on the device). For buffers handed to NCCL (ncclCommRegister)
+ * or anything else that keeps the address: libckpt does not see those. */
+int ckpt_pin(uintptr_t ptr);
 
 /* Returns the mode in effect: "none", "host", "peer" or "peer+host". */
 const char *ckpt_mode(void);

@@ -12,6 +12,9 @@ from .api import (
     RESIDENCY_NAMES,
     mode,
     offload,
+    peer_init,
+    peer_unique_id,
+    pin,
     prefetch,
     query,
     region,
@@ -23,7 +26,7 @@ from .api import (
     step,
     wait,
 )
-from .errors import CkptError, LibraryNotLoaded
+from .errors import CkptError, LibraryNotLoaded, PeerError
 from .launch import launch_env
 from .library import available, load_library
 from .library import bundled_path as bundled_library
@@ -33,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CkptError",
     "LibraryNotLoaded",
+    "PeerError",
     "RESIDENCY_NAMES",
     "available",
     "bundled_library",
@@ -41,6 +45,9 @@ __all__ = [
     "load_library",
     "mode",
     "offload",
+    "peer_init",
+    "peer_unique_id",
+    "pin",
     "prefetch",
     "query",
     "region",

@@ -20,7 +20,7 @@ import warnings
 from typing import Callable, Dict, Optional, Tuple, TypeVar, Union
 
 from . import library
-from .errors import EDISABLED, ENOENT, CkptError, LibraryNotLoaded
+from .errors import EDISABLED, EINVAL, ENOENT, ERROR_NAMES, ESTATE, CkptError, LibraryNotLoaded, PeerError
 
 RESIDENCY_NAMES = {
     0: "untagged",
@@ -138,6 +138,63 @@ def mode() -> str:
     """The mode in effect: "none", "host", "peer" or "peer+host"."""
     raw = library.get().ckpt_mode()
     return raw.decode() if raw else "none"
+
+
+# ---- peer modes ------------------------------------------------------------
+
+PEER_ID_BYTES = 128  # NCCL's unique id (ncclUniqueId): bytes, not a string
+
+
+def peer_unique_id() -> bytes:
+    """A fresh NCCL unique id for a peer group (rank 0 makes it, the group's own
+    broadcast hands it to the others; ckpt.checkpointing.configure does both)."""
+    out = ctypes.create_string_buffer(PEER_ID_BYTES)
+    rc = library.get().ckpt_peer_unique_id(out, PEER_ID_BYTES)
+    if rc < 0:
+        raise PeerError(f"ckpt_peer_unique_id failed ({ERROR_NAMES.get(rc, rc)}): libckpt could not load NCCL "
+                        "(libnccl.so.2, or CKPT_NCCL_LIBRARY) or ncclGetUniqueId failed; its log says which")
+    return out.raw
+
+
+def peer_init(unique_id: bytes, size: int, rank: int) -> None:
+    """Joins this process to the peer group `unique_id` as `rank` of `size`
+    (collective: every rank calls it; bounded by CKPT_PEER_TIMEOUT_MS). The
+    device context the tagged memory lives on must be current on this thread.
+    Raises PeerError, saying why, when the group cannot be made."""
+    unique_id = bytes(unique_id)
+    if len(unique_id) != PEER_ID_BYTES:
+        raise ValueError(f"a peer group id is {PEER_ID_BYTES} bytes, not {len(unique_id)}")
+    rc = library.get().ckpt_peer_init(unique_id, PEER_ID_BYTES, int(size), int(rank))
+    if rc >= 0:
+        return
+    if rc == EINVAL:
+        why = f"rank {rank} of size {size} is not a position in a group (or the id is not NCCL's)"
+    elif rc == EDISABLED:
+        why = "libckpt runs disabled (pass-through) in this process"
+    elif rc == ESTATE and mode() == "host":  # the group failed: libckpt fell back to host memory
+        why = ("the group could not be made: the communicator was not complete within CKPT_PEER_TIMEOUT_MS "
+               "(is every rank of the group running and joining?) or NCCL failed; libckpt's 'peer mode:' "
+               "warning says which; this rank's offloads now go to host memory")
+    elif rc == ESTATE:
+        why = ("this process already joined a peer group (once per process), or no CUDA context is current "
+               "on this thread (make the device the tagged memory lives on current first)")
+    else:
+        why = "see libckpt's log"
+    raise PeerError(f"ckpt_peer_init (rank {rank} of {size}) failed ({ERROR_NAMES.get(rc, rc)}): {why}")
+
+
+def pin(tensor_or_ptr) -> bool:
+    """Never offload the tagged allocation holding this tensor (or device
+    address) again; it is brought back to the device first if it is not there.
+
+    For buffers another library keeps the address of, such as buffers
+    registered with NCCL (ncclCommRegister, directly or through a framework's
+    buffer registration): libckpt does not see such registrations, and
+    swapping the memory under them would corrupt the collectives. Call it
+    right after allocating the buffer. False: the address is not tagged
+    (nothing to pin)."""
+    ptr = tensor_or_ptr.data_ptr() if hasattr(tensor_or_ptr, "data_ptr") else int(tensor_or_ptr)
+    return _done_or_nothing("ckpt_pin", library.get().ckpt_pin(ptr))
 
 
 def stats() -> Dict[str, Union[int, float]]:

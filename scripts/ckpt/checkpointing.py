@@ -16,10 +16,17 @@ Differences, by design:
   Views and aliases of checkpoint inputs therefore stay valid.
 * Where inputs go is libckpt's CKPT_MODE (host memory by default):
   `cpu_checkpointing` asks for exactly that and needs no `partition_activations`.
-* `partition_activations` (peer partitioning, CKPT_MODE=peer) is accepted but
-  not available yet: a warning says so once, and host offload is used.
-* `contiguous_memory_optimization` is checked as DeepSpeed checks it, and has
-  nothing to do: libckpt's arena maps each tagged tensor on its own.
+* `partition_activations` is libckpt's peer partitioning (CKPT_MODE=peer:
+  slices on the device, peer+host: slices in host memory): each
+  tensor-parallel rank keeps 1/P of every offloaded activation and the whole
+  is all-gathered before backward, for any size. configure(mpu_) joins the
+  tensor-parallel group of the mpu to libckpt's peer group (rank 0 makes the
+  NCCL id, torch.distributed broadcasts it in the group, every rank joins);
+  libckpt itself has to run in a peer mode (ckpt-run --mode peer), else a
+  warning says where the activations go instead.
+* `contiguous_memory_optimization` is checked as DeepSpeed checks it; libckpt
+  preallocates its slice buffers with CKPT_CONTIGUOUS=1 and
+  CKPT_NUMBER_CHECKPOINTS in its environment (read when it starts).
 * Arguments are not moved to the current CUDA device; the function runs on them
   where they are. The autocast state of the forward is re-entered for the
   recompute.
@@ -37,14 +44,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from typing import Any, List
 
 import torch
 
-from . import dsconfig, library, recompute
+from . import api, dsconfig, library, recompute
 from .dsconfig import ConfigError
+from .errors import PeerError
 from .rng import (  # noqa: F401  (re-exported, as DeepSpeed's module has them)
     _CUDA_RNG_STATE_TRACKER,
     _MODEL_PARALLEL_RNG_TRACKER_NAME,
@@ -88,7 +97,9 @@ transport_stream = None
 # "cuda:N" (or "cpu" without CUDA) once a checkpoint has run.
 cuda_device = None
 
-PEER_PARTITIONING_AVAILABLE = False
+PEER_PARTITIONING_AVAILABLE = True
+# (size, rank) of the peer group configure() joined this process to, or None.
+peer_group = None
 
 
 class ArgumentError(ValueError, AssertionError):
@@ -103,14 +114,26 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+PEER_MODES = ("peer", "peer+host")
+
+
 def _warn_partition() -> None:
-    if not PEER_PARTITIONING_AVAILABLE:
-        _warn_once(
-            "partition",
-            "ckpt: partition_activations asks for peer partitioning (CKPT_MODE=peer), "
-            "which libckpt does not implement yet; checkpoint inputs are offloaded "
-            "to host memory instead",
-        )
+    """partition_activations without libckpt in a peer mode: say where inputs go."""
+    if "partition" in _warned:  # called before every checkpoint: ask libckpt once
+        return
+    lib = library.get_or_none()
+    if lib is None:
+        _warn_once("partition", "ckpt: partition_activations asks for peer partitioning, but libckpt is not "
+                   "loaded (run under scripts/ckpt-run --mode peer, or LD_PRELOAD=libckpt.so with "
+                   "CKPT_MODE=peer): checkpoints recompute, nothing is partitioned")
+        return
+    in_effect = (lib.ckpt_mode() or b"none").decode()
+    if in_effect not in PEER_MODES:
+        where = "stay on the device" if in_effect == "none" else "are offloaded to host memory"
+        _warn_once("partition", f"ckpt: partition_activations asks for peer partitioning, but the mode libckpt "
+                   f"runs in is {in_effect!r} (CKPT_MODE; 'host' too after a peer group failed): set "
+                   f"CKPT_MODE=peer (slices on the device) or peer+host (slices in host memory); until then "
+                   f"checkpoint inputs {where}")
 
 
 def _check_library() -> None:
@@ -554,11 +577,121 @@ def non_reentrant_checkpoint(function, *args, **kwargs):
     return _result(_flatten_outputs(outputs))
 
 
+# ---- the peer group -------------------------------------------------------------
+
+
+def _peer_timeout_s() -> float:
+    """CKPT_PEER_TIMEOUT_MS (libckpt's bound on the bootstrap), in seconds."""
+    raw = os.environ.get("CKPT_PEER_TIMEOUT_MS", "")
+    try:
+        ms = int(raw) if raw else 60000
+    except ValueError:
+        ms = 60000
+    return max(ms, 100) / 1000.0
+
+
+def _make_device_current() -> None:
+    """The context of torch's current CUDA device current on this thread (libckpt
+    joins the group on the device whose context is current; call
+    torch.cuda.set_device(local_rank) before configure). Without CUDA in torch,
+    the thread's context is the caller's business."""
+    if torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        torch.cuda.set_device(device)
+        torch.cuda.synchronize(device)  # cudart binds the primary context to this thread
+
+
+def _broadcast_id(payload: "torch.Tensor", group, rank: int, timeout_s: float) -> None:
+    """Broadcasts payload from the group's rank 0, waiting at most timeout_s."""
+    import torch.distributed as dist
+
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    work = dist.broadcast(payload, src=src, group=group, async_op=True)
+    deadline = time.monotonic() + timeout_s
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            what = ("the peer group id was not taken by every other tensor-parallel rank" if rank == 0 else
+                    f"the peer group id from tensor-parallel rank 0 (global rank {src}) did not arrive")
+            raise PeerError(
+                f"ckpt: configure() on tensor-parallel rank {rank}: {what} within "
+                f"CKPT_PEER_TIMEOUT_MS={int(timeout_s * 1000)} ms: every rank of the tensor-parallel group "
+                "must call configure() with partition_activations (or under CKPT_MODE=peer)")
+        time.sleep(0.001)
+    work.wait()
+
+
+def _join_peer_group() -> None:
+    """Joins the mpu's tensor-parallel group to libckpt's peer group (collective
+    over that group). Bounded: the broadcast of the id is waited for
+    CKPT_PEER_TIMEOUT_MS, and libckpt bounds the communicator's creation by the
+    same (torch.distributed's own process-group timeout applies too)."""
+    global peer_group
+    lib = library.get_or_none()
+    if lib is None:
+        if PARTITION_ACTIVATIONS:
+            _warn_partition()
+        return
+    in_effect = (lib.ckpt_mode() or b"none").decode()
+    if in_effect not in PEER_MODES:
+        if PARTITION_ACTIVATIONS:
+            _warn_partition()
+        return
+    if peer_group is not None:
+        return  # once per process: libckpt keeps its group
+    if mpu is None:
+        if not os.environ.get("CKPT_PEER_SIZE"):
+            _warn_once("peer-nompu", f"ckpt: CKPT_MODE={in_effect} needs a peer group: pass configure() the mpu "
+                       "(its tensor-parallel group), or set CKPT_PEER_SIZE, CKPT_PEER_RANK and "
+                       "CKPT_PEER_ID_FILE; until then offloads go to host memory")
+        return
+    import torch.distributed as dist
+
+    _init_model_parallel_state()
+    size, rank, group = int(mp_size), int(mp_rank), mp_group
+    if size > 1 and not dist.is_initialized():
+        raise PeerError("ckpt: configure(): the mpu's tensor-parallel group has "
+                        f"{size} ranks but torch.distributed is not initialised (init_process_group first)")
+    if size == 1:
+        _warn_once("peer-one", f"ckpt: the tensor-parallel group has 1 rank: CKPT_MODE={in_effect} keeps each "
+                   "activation whole (peer: on the device, nothing saved; peer+host: all of it in host memory); "
+                   "partitioning saves (P-1)/P with P > 1 tensor-parallel ranks")
+    timeout_s = _peer_timeout_s()
+    made = b""
+    failure = None
+    if rank == 0:
+        try:
+            made = api.peer_unique_id()
+        except PeerError as exc:
+            failure = exc
+    # Broadcast in any group torch.distributed has, one rank included (the same path).
+    if size > 1 or (group is not None and dist.is_initialized()):
+        backend = str(dist.get_backend(group))
+        on_cuda = "gloo" not in backend and torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+        payload = torch.zeros(1 + api.PEER_ID_BYTES, dtype=torch.uint8)
+        if rank == 0 and failure is None:
+            payload[0] = 1
+            payload[1:] = torch.frombuffer(bytearray(made), dtype=torch.uint8)
+        payload = payload.to(device)
+        _broadcast_id(payload, group, rank, timeout_s)
+        payload = payload.cpu()
+        if failure is None and int(payload[0]) != 1:
+            raise PeerError("ckpt: configure(): tensor-parallel rank 0 could not make the peer group id (see its "
+                            "error): no peer group")
+        made = bytes(payload[1:].tolist())
+    if failure is not None:
+        raise failure
+    _make_device_current()
+    api.peer_init(made, size, rank)
+    peer_group = (size, rank)
+    logger.info("ckpt: peer group joined: tensor-parallel rank %d of %d, CKPT_MODE=%s", rank, size, in_effect)
+
+
 # ---- configuration -------------------------------------------------------------
 
 
 def partition_activations_in_checkpoint(partition_activation: bool) -> None:
-    """Sets partition_activations (see the module doc: host offload for now)."""
+    """Sets partition_activations (see the module doc; the peer group is joined by configure())."""
     global PARTITION_ACTIVATIONS
     PARTITION_ACTIVATIONS = dsconfig.check_bool("partition_activations", partition_activation)
     logger.info("ckpt: partition_activations=%s", PARTITION_ACTIVATIONS)
@@ -629,6 +762,18 @@ def configure(
     (synchronize_checkpoint_boundary), profile. A mistake raises ConfigError
     (a ValueError and an AssertionError) naming the key, and leaves the previous
     configuration in place.
+
+    With partition_activations, or when libckpt runs in CKPT_MODE=peer /
+    peer+host, the mpu's tensor-parallel group becomes libckpt's peer group, once
+    per process: every rank of that group must call configure() (it is
+    collective), after torch.distributed.init_process_group (gloo or nccl; under
+    torchrun across nodes too) and torch.cuda.set_device. Tensor-parallel rank 0
+    makes the NCCL id, a torch.distributed broadcast in the group hands it to the
+    others, and each joins on its current device. Bounded by
+    CKPT_PEER_TIMEOUT_MS (default 60 s): a rank that never arrives makes the
+    others raise PeerError instead of waiting. PeerError too when the group
+    cannot be made (the message says why); a warning when libckpt is not loaded
+    or runs in another mode, or when the group has one rank (nothing to split).
     """
     global mpu, mp_rank, mp_size, mp_group, num_layers
     global PARTITION_ACTIVATIONS, CONTIGUOUS_CHECKPOINTING, CPU_CHECKPOINT, SYNCHRONIZE, PROFILE_TIME
@@ -667,8 +812,9 @@ def configure(
     CPU_CHECKPOINT = settings.cpu_checkpointing
     SYNCHRONIZE = settings.synchronize_checkpoint_boundary
     PROFILE_TIME = settings.profile
-    if PARTITION_ACTIVATIONS:
-        _warn_partition()
+    # partition_activations / CKPT_MODE=peer: the tensor-parallel group becomes
+    # libckpt's peer group now (collective over it).
+    _join_peer_group()
     # profile / synchronize_checkpoint_boundary are the library's CKPT_PROFILE
     # / CKPT_SYNC, switched at run time: per-region device times land in the
     # stats (ckpt-stats), synchronisation happens at region boundaries.

@@ -53,3 +53,7 @@ class CkptError(RuntimeError):
         self.name = ERROR_NAMES.get(code, f"unknown error {code}")
         meaning = _ERROR_MEANINGS.get(code, "")
         super().__init__(f"{call} failed: {self.name}" + (f" ({meaning})" if meaning else ""))
+
+
+class PeerError(RuntimeError):
+    """A peer group (CKPT_MODE=peer / peer+host) could not be set up: the message says why."""

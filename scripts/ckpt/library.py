@@ -54,6 +54,17 @@ class CkptStats(ctypes.Structure):
         ("captured_allocs", ctypes.c_uint64),
         ("swaps_deferred_capture", ctypes.c_uint64),
         ("streams_known", ctypes.c_uint64),
+        # peer modes, contiguous buffers, verify (issue 12)
+        ("peer_bytes_in_use", ctypes.c_uint64),
+        ("peer_slab_bytes", ctypes.c_uint64),
+        ("store_allocs", ctypes.c_uint64),
+        ("contiguous_bytes", ctypes.c_uint64),
+        ("allocs_avoided", ctypes.c_uint64),
+        ("peer_mismatches", ctypes.c_uint64),
+        ("peer_lost", ctypes.c_uint64),
+        ("verify_checked", ctypes.c_uint64),
+        ("verify_failures", ctypes.c_uint64),
+        # offload budget (issue 14)
         ("budget_mode", ctypes.c_uint64),
         ("budget_bytes", ctypes.c_uint64),
         ("budget_why", ctypes.c_uint64),
@@ -82,6 +93,11 @@ SIGNATURES = {
     "ckpt_release_cached": (ctypes.c_int, []),
     "ckpt_stats_get": (ctypes.c_int, [ctypes.POINTER(CkptStats), ctypes.c_size_t]),
     "ckpt_mode": (ctypes.c_char_p, []),
+    # peer modes: the id is bytes, not a string (128, NUL bytes included): pass a
+    # ctypes.create_string_buffer / bytes of the full length, never read it back as c_char_p
+    "ckpt_peer_unique_id": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
+    "ckpt_peer_init": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]),
+    "ckpt_pin": (ctypes.c_int, [c_uintptr]),
     # random numbers: cuRAND replay and the named RNG states (struct
     # ckpt_rng_states is opaque: a void pointer here)
     "ckpt_region_replay_begin": (ctypes.c_int, [ctypes.c_int]),

@@ -119,6 +119,11 @@ def segment_text(seg):
            f"  errors      driver {s['driver_errors']}, restores without device memory {s['restore_oom']}",
            budget_text(s),
            f"  hooked      {s['hooked_calls']} driver calls"]
+    if "peer_bytes_in_use" in s:  # peer partitioning, CKPT_VERIFY (fields appended after streams_known)
+        out[-1:-1] = [f"  peer        slices {human(s['peer_bytes_in_use'])} in {human(s['peer_slab_bytes'])} of slabs "
+                      f"({human(s['contiguous_bytes'])} contiguous); store allocations {s['store_allocs']}, "
+                      f"avoided {s['allocs_avoided']}; mismatches {s['peer_mismatches']}, lost {s['peer_lost']}",
+                      f"  verify      {s['verify_checked']} restores checked, {s['verify_failures']} failures"]
     if seg.regions:
         rows = [[r["name"] or "(unnamed)", r["regions"], r["tagged_allocs"], human(r["tagged_bytes"]), r["offloads"],
                  human(r["offloaded_bytes"]), r["restores"], human(r["restored_bytes"]),

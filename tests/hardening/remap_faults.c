@@ -1,7 +1,9 @@
 /* A failed remap never opens a gate over an unmapped VA (issue 11 B.5).
  *
  * A worker thread keeps a program stream busy on a tagged tensor (copies
- * out of it and into it, check "kernels"), while the main thread offloads
+ * out of it, check "kernels"; reads only: a survivor is read-only from its
+ * region's close until backward, and an offload copy reads it while the
+ * consumers run; a write then would race that copy, finding 11), while the main thread offloads
  * and restores it with cuMemMap / cuMemSetAccess failing on the swap's calls
  * (simdev_fail): once (libckpt maps the other copy back), several times in
  * a row (neither copy maps: the VA is stranded, said loudly, and the stream
@@ -16,17 +18,16 @@
 static CUcontext ctx;
 static CUstream s;
 static struct tensor t;
-static CUdeviceptr src, scratch; /* untagged: src holds t's bytes, scratch receives them */
+static CUdeviceptr scratch; /* untagged: receives t's bytes */
 static _Atomic bool stop;
 static _Atomic long rounds;
 
-/* Reads and rewrites t with its own bytes, so its data never changes. */
+/* Reads t, through copies and check kernels. */
 static void *worker(void *arg) {
   (void)arg;
   CU(cuCtxSetCurrent(ctx));
   while (!stop) {
     CU(cuMemcpyDtoDAsync_v2(scratch, t.p, N, s));
-    CU(cuMemcpyDtoDAsync_v2(t.p, src, N, s));
     hard_launch(s, hard_check_kernel, &t, 0);
     CU(cuStreamSynchronize(s));
     rounds++;
@@ -76,9 +77,7 @@ int main(void) {
   ctx = ctx_setup();
   CU(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
   CHECK(ck.set_stream((uintptr_t)s) == 0);
-  CU(cuMemAlloc_v2(&src, N));
   CU(cuMemAlloc_v2(&scratch, N));
-  pattern_fill((void *)src, N, 42);
   int a = ck.region_begin("a");
   hard_alloc(&t, N, 42, s);
   ck.region_end();

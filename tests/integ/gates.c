@@ -1,12 +1,19 @@
 /* Gates under hostile streams, under LD_PRELOAD on the simulated device.
  * `gates SUBTEST [arg]`:
  *   unnamed         a stream created after the tensor and never named keeps
- *                   reading and writing it through its offload and restore swaps
+ *                   reading it through its offload and restore swaps, and
+ *                   writing it between them
  *   capture MODE    (global|thread|relaxed) a capture inside a region, on a
  *                   program stream, while an earlier region's offload is in
  *                   flight: it succeeds and its graph replays right
  *   blocked         a stream blocked on the host (the program's own
  *                   wait-value): the gate times out, nothing hangs, data right
+ *   capture_free    frees of tagged memory during a global-mode capture: on the
+ *                   capturing stream (refused as the driver refuses a free node
+ *                   of memory no graph allocated), cuMemFree from another thread
+ *                   (refused: it would synchronize), on the legacy stream during
+ *                   a blocking stream's capture (deferred): no capture
+ *                   invalidated, nothing freed early, the graph replays right
  * "Kernels" are host functions on streams, ordered like device work. */
 #include <pthread.h>
 #include <unistd.h>
@@ -50,16 +57,20 @@ static void unnamed(void) {
   ck.region_end();
   CUstream side; /* created after the tensor, never named to libckpt */
   CU(cuStreamCreate(&side, CU_STREAM_NON_BLOCKING));
+  /* Writes only where no copy of x is in flight: before the offload's fence
+   * and while x is host-backed (kept, README). While a copy runs, a survivor
+   * is read-only (a write then races the copy and may be lost: finding 10,
+   * where TSan reported it for every word and the test ran past its bound). */
   for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
   ck.region_begin("b");
   CUdeviceptr y = tensor(4 * MiB, 8);
-  ck.region_end(); /* offloads a while the side stream works on x */
-  for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
+  ck.region_end(); /* offloads a while the side stream reads x */
+  for (int i = 0; i < 40; i++) touch(side, x, n, 7, 0);
   CHECK(ck.wait(a) == 0);
   CHECK(residency(x) == CKPT_HOST, "residency %d", residency(x));
   for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
-  CHECK(ck.restore(a) == 0);
-  for (int i = 0; i < 40; i++) touch(side, x, n, 7, i & 1);
+  CHECK(ck.restore(a) == 0); /* its copy is fenced after the writes above */
+  for (int i = 0; i < 40; i++) touch(side, x, n, 7, 0);
   CHECK(ck.wait(a) == 0);
   CU(cuStreamSynchronize(side));
   CHECK(residency(x) == CKPT_DEVICE, "residency %d", residency(x));
@@ -165,6 +176,104 @@ static void blocked(void) {
   printf("blocked: gate_timeouts %llu\n", (unsigned long long)ck_stats().gate_timeouts);
 }
 
+struct sync_free {
+  CUcontext ctx;
+  CUdeviceptr p;
+  CUresult rc;
+};
+static void *sync_free_thread(void *arg) {
+  struct sync_free *f = arg;
+  CU(cuCtxSetCurrent(f->ctx));
+  f->rc = cuMemFree_v2(f->p);
+  return NULL;
+}
+
+static void capture_free(void) {
+  const size_t n = 4 * MiB, m = 2 * MiB;
+  int a = ck.region_begin("a");
+  CUdeviceptr x = tensor(n, 31), y = tensor(n, 32), z = tensor(n, 33);
+  ck.region_end();
+  CHECK(residency(x) == CKPT_DEVICE && residency(y) == CKPT_DEVICE && residency(z) == CKPT_DEVICE);
+  CUdeviceptr out;
+  CU(cuMemAlloc_v2(&out, m)); /* outside a region: untagged */
+  CUstream prog, blk;
+  CU(cuStreamCreate(&prog, CU_STREAM_NON_BLOCKING));
+  CU(cuStreamCreate(&blk, CU_STREAM_DEFAULT)); /* blocking: orders with the legacy stream */
+  struct ckpt_stats before = ck_stats();
+  CUcontext ctx;
+  CU(cuCtxGetCurrent(&ctx));
+  for (int round = 0; round < 2; round++) {
+    CUstream cs = round == 0 ? prog : blk;
+    CU(cuStreamBeginCapture_v2(cs, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CUdeviceptr tmp;
+    CU(cuMemAllocAsync(&tmp, m, cs)); /* a graph allocation: untagged */
+    CU(cuMemsetD32Async(tmp, 0x5a5a0000u + (unsigned)round, m / 4, cs));
+    CU(cuMemcpyDtoDAsync_v2(out, tmp, m, cs));
+    CU(cuMemFreeAsync(tmp, cs)); /* a graph free node: the driver's */
+    if (round == 0) {
+      /* A free node of memory allocated before the capture: the driver's answer, nothing freed. */
+      CHECK(cuMemFreeAsync(x, cs) == CUDA_ERROR_INVALID_VALUE);
+      CHECK(residency(x) == CKPT_DEVICE, "x freed: residency %d", residency(x));
+      /* cuMemFree from another thread would synchronize the device: refused. */
+      struct sync_free f = {ctx, y, CUDA_SUCCESS};
+      pthread_t th;
+      CHECK(pthread_create(&th, NULL, sync_free_thread, &f) == 0);
+      pthread_join(th, NULL);
+      CHECK(f.rc == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuMemFree during a capture -> %d", (int)f.rc);
+      CHECK(residency(y) == CKPT_DEVICE, "y freed: residency %d", residency(y));
+    } else {
+      /* On the legacy stream while a blocking stream captures: accepted, its
+       * stream-order record deferred past the capture (a record there would
+       * join the capture and invalidate it). */
+      CU(cuMemFreeAsync(z, NULL));
+      CHECK(residency(z) == CKPT_UNTAGGED);
+    }
+    usleep(20000); /* the engine works meanwhile */
+    CUgraph graph;
+    CU(cuStreamEndCapture(cs, &graph)); /* not invalidated */
+    CUgraphExec exec;
+    CU(cuGraphInstantiateWithFlags(&exec, graph, 0));
+    for (int i = 0; i < 3; i++) {
+      CU(cuMemsetD8_v2(out, 0, m));
+      CU(cuGraphLaunch(exec, cs));
+      CU(cuStreamSynchronize(cs));
+      const uint32_t *w = (const uint32_t *)out;
+      for (size_t k = 0; k < m / 4; k += 4099)
+        CHECK(w[k] == 0x5a5a0000u + (unsigned)round, "round %d replay %d word %zu: %#x", round, i, k, w[k]);
+    }
+    CU(cuGraphExecDestroy(exec));
+    CU(cuGraphDestroy(graph));
+  }
+  CHECK(pattern_check((void *)x, n, 31) == 0);
+  CHECK(pattern_check((void *)y, n, 32) == 0);
+  /* z's deferred free completes once no capture is active: its mapping is
+   * cached (reaped at region close), bounded. */
+  CU(cuCtxSynchronize());
+  for (int i = 0; i < 400 && ck_stats().mapping_cache_bytes < before.mapping_cache_bytes + n; i++) {
+    ck.region_begin("reap");
+    ck.region_end();
+    usleep(5000);
+  }
+  CHECK(ck_stats().mapping_cache_bytes >= before.mapping_cache_bytes + n, "z's mapping not reclaimed: cache %llu",
+        (unsigned long long)ck_stats().mapping_cache_bytes);
+  /* Still the program's, and freed normally once no capture is active. */
+  CHECK(ck.offload(a) == 0 && ck.wait(a) == 0);
+  CHECK(residency(x) == CKPT_HOST, "residency %d", residency(x));
+  CHECK(ck.restore(a) == 0 && ck.wait(a) == 0);
+  CHECK(pattern_check((void *)x, n, 31) == 0 && pattern_check((void *)y, n, 32) == 0);
+  CU(cuMemFreeAsync(x, compute));
+  CU(cuMemFree_v2(y));
+  CU(cuMemFree_v2(out));
+  CU(cuStreamSynchronize(compute));
+  CU(cuCtxSynchronize());
+  struct ckpt_stats st = ck_stats();
+  CHECK(st.tagged_allocs_live == before.tagged_allocs_live - 3, "tagged live %llu -> %llu",
+        (unsigned long long)before.tagged_allocs_live, (unsigned long long)st.tagged_allocs_live);
+  CU(cuStreamDestroy_v2(prog));
+  CU(cuStreamDestroy_v2(blk));
+  printf("capture_free: refused 2, deferred 1, graphs replayed\n");
+}
+
 int main(int argc, char **argv) {
   CHECK(argc >= 2, "usage: gates SUBTEST [arg]");
   ck_load();
@@ -174,6 +283,7 @@ int main(int argc, char **argv) {
   if (!strcmp(t, "unnamed")) unnamed();
   else if (!strcmp(t, "capture")) capture(argc > 2 ? argv[2] : "global");
   else if (!strcmp(t, "blocked")) blocked();
+  else if (!strcmp(t, "capture_free")) capture_free();
   else CHECK(0, "unknown subtest %s", t);
   CU(cuCtxSynchronize());
   CHECK(!simdev_faulted(), "a stream touched unmapped memory");

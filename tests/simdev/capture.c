@@ -37,7 +37,14 @@
  * graph concurrently). cuMemAllocAsync in a capture is a graph allocation
  * node: the address is fixed when it is captured and stays the same at every
  * launch; a cuMemFreeAsync of it in the capture is a free node, and the
- * memory returns to its pool when the graph is destroyed. */
+ * memory returns to its pool when the graph is destroyed. A free node must
+ * name a graph allocation (cuMemFreeAsync: "during stream capture, this
+ * function results in the creation of a free node and must therefore be
+ * passed the address of a graph allocation"; cuGraphAddMemFreeNode returns
+ * CUDA_ERROR_INVALID_VALUE for "an address that was not returned by an
+ * allocation node"): a cuMemFreeAsync in a capture of memory allocated
+ * outside one fails with CUDA_ERROR_INVALID_VALUE, frees nothing, and the
+ * capture is invalidated (as a failed captured call does). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,6 +161,13 @@ void sd_capture_note_free(struct sd_capture *cap, struct sd_region *block)
         g->freed = v;
         g->freed[g->nfreed++] = block;
     }
+    sd_sched_unlock();
+}
+
+void sd_capture_fail(struct sd_capture *cap)
+{
+    sd_sched_lock();
+    sd_capture_invalidate(cap);
     sd_sched_unlock();
 }
 
@@ -317,6 +331,13 @@ static CUresult status_of(CUstream handle, bool per_thread_default, CUstreamCapt
     if (rc != CUDA_SUCCESS)
         return rc;
     sd_sched_lock();
+    /* cuStreamIsCapturing / cuStreamGetCaptureInfo: on the legacy stream while
+     * a blocking stream of its context captures, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+     * ("the blocking stream capture is not invalidated"). */
+    if (s->kind == SD_STREAM_LEGACY && sd_capture_legacy_blocked(s)) {
+        sd_sched_unlock();
+        return CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+    }
     struct sd_capture *cap = s->cap;
     *st = !cap ? CU_STREAM_CAPTURE_STATUS_NONE
                : cap->invalid ? CU_STREAM_CAPTURE_STATUS_INVALIDATED : CU_STREAM_CAPTURE_STATUS_ACTIVE;

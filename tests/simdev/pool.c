@@ -156,6 +156,12 @@ static CUresult alloc_async(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool poo
     pthread_mutex_unlock(&sd_mem_lock);
     if (rc != CUDA_SUCCESS)
         return rc;
+    /* On a capturing stream: a graph allocation node (only those may be freed
+     * by a free node in a capture, see free_async). */
+    struct sd_capture *cap = sd_stream_capture(s);
+    pthread_mutex_lock(&sd_mem_lock);
+    b->graph_alloc = cap != NULL;
+    pthread_mutex_unlock(&sd_mem_lock);
     *dptr = (CUdeviceptr)b->base;
     sd_log("stream-ordered alloc of %zu bytes at %#lx on stream %llu", bytesize, (unsigned long)b->base, s->id);
     return CUDA_SUCCESS;
@@ -197,19 +203,24 @@ static CUresult free_async(CUdeviceptr dptr, CUstream stream, bool per_thread_de
     if (!op)
         return CUDA_ERROR_OUT_OF_MEMORY;
 
+    struct sd_capture *cap = sd_stream_capture(s);
     pthread_mutex_lock(&sd_mem_lock);
     struct sd_region *b = sd_rmap_find(&sd_regions, (uintptr_t)dptr);
     bool ok = b && b->kind == SD_REGION_POOL && b->base == (uintptr_t)dptr && b->state == SD_BLOCK_LIVE;
+    /* In a capture, a free node of memory no graph allocated (capture.c). */
+    bool not_graph = ok && cap && !b->graph_alloc;
+    ok = ok && !not_graph;
     if (ok)
         b->state = SD_BLOCK_FREEING; /* a second free is refused from now on */
     pthread_mutex_unlock(&sd_mem_lock);
     if (!ok) {
         sd_op_release(op);
+        if (cap)
+            sd_capture_fail(cap);
         return CUDA_ERROR_INVALID_VALUE;
     }
 
     op->u.free.block = b;
-    struct sd_capture *cap = sd_stream_capture(s);
     if (cap) {
         /* A graph free node: the block stays the graph's (its address is the
          * same at every launch) and returns to the pool with the graph. */

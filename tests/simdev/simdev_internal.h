@@ -146,6 +146,7 @@ struct sd_region {
     unsigned flags;
     struct sd_pool *pool; /* SD_REGION_POOL */
     enum sd_block_state state;
+    bool graph_alloc; /* SD_REGION_POOL: allocated on a capturing stream (a graph allocation node) */
     struct sd_region *next_cached;
     unsigned long nmaps; /* SD_REGION_RESERVED: live cuMemMap mappings */
 };
@@ -277,6 +278,9 @@ CUresult sd_capture_record(struct sd_capture *cap, struct sd_stream *s, struct s
 /* Under the sched lock: legacy-stream work while a blocking stream of its
  * context captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, captures invalidated). */
 CUresult sd_capture_legacy_check(struct sd_stream *legacy);
+/* Under the sched lock: whether a blocking stream of legacy's context captures
+ * (nothing invalidated: what cuStreamIsCapturing on the legacy stream reports). */
+bool sd_capture_legacy_blocked(struct sd_stream *legacy);
 /* The rule for potentially unsafe calls while captures are active; returns
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (and invalidates the captures it
  * conflicts with) or CUDA_SUCCESS. Takes the sched lock. */
@@ -290,6 +294,7 @@ struct sd_capture *sd_stream_capture(struct sd_stream *s); /* takes the sched lo
 /* Stream-ordered allocation in a capture: a graph allocation node (the block
  * belongs to the graph, same address every launch) / a graph free node. */
 void sd_capture_note_free(struct sd_capture *cap, struct sd_region *block); /* takes the sched lock */
+void sd_capture_fail(struct sd_capture *cap); /* invalidates it; takes the sched lock */
 
 /* ---- stream memory operations (memop.c) ---- */
 

@@ -739,6 +739,14 @@ CUresult sd_capture_legacy_check(struct sd_stream *legacy)
     return rc;
 }
 
+bool sd_capture_legacy_blocked(struct sd_stream *legacy)
+{
+    for (struct sd_stream *t = streams; t; t = t->next)
+        if (t->cap && t->ctx == legacy->ctx && blocking(t))
+            return true;
+    return false;
+}
+
 struct sd_capture *sd_stream_capture(struct sd_stream *s)
 {
     pthread_mutex_lock(&sched);

@@ -1503,6 +1503,62 @@ Test(capture, stream_ordered_allocations_become_graph_nodes)
     CK_ERR(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, p), CUDA_ERROR_INVALID_VALUE);
 }
 
+/* A free node must name a graph allocation: freeing memory allocated before
+ * the capture fails, frees nothing and invalidates the capture (capture.c). */
+Test(capture, free_node_of_memory_not_allocated_by_a_graph_fails)
+{
+    init();
+    CUstream s;
+    CUdeviceptr before, inside;
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocAsync(&before, 4096, s));
+    CK(cuStreamSynchronize(s));
+    CK(cuStreamBeginCapture_v2(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK(cuMemAllocAsync(&inside, 4096, s));
+    CK(cuMemFreeAsync(inside, s)); /* a graph allocation: fine */
+    CK_ERR(cuMemFreeAsync(before, s), CUDA_ERROR_INVALID_VALUE);
+    CUgraph g = NULL;
+    CK_ERR(cuStreamEndCapture(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+    cr_assert_null(g);
+    /* Not freed: still a live block, freed once outside the capture. */
+    CUdeviceptr base;
+    CK(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, before));
+    cr_assert_eq(base, before);
+    CK(cuMemsetD32Async(before, 7, 1024, s));
+    CK(cuMemFreeAsync(before, s));
+    CK(cuStreamSynchronize(s));
+    CK(cuStreamDestroy_v2(s));
+}
+
+/* cuStreamIsCapturing on the legacy stream while a blocking stream captures:
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, the capture not invalidated; while only
+ * a non-blocking stream captures: not capturing. */
+Test(capture, legacy_stream_status_during_a_blocking_capture)
+{
+    init();
+    CUstream blk, nb;
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+    CK(cuStreamCreate(&blk, CU_STREAM_DEFAULT));
+    CK(cuStreamCreate(&nb, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamBeginCapture_v2(nb, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK(cuStreamIsCapturing(CU_STREAM_LEGACY, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CUgraph g;
+    CK(cuStreamEndCapture(nb, &g));
+    CK(cuGraphDestroy(g));
+    CK(cuStreamBeginCapture_v2(blk, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CK_ERR(cuStreamIsCapturing(CU_STREAM_LEGACY, &st), CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    CK_ERR(cuStreamIsCapturing(NULL, &st), CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    CK(cuStreamIsCapturing(blk, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    CK(cuStreamEndCapture(blk, &g)); /* not invalidated */
+    CK(cuGraphDestroy(g));
+    CK(cuStreamIsCapturing(CU_STREAM_LEGACY, &st));
+    cr_assert_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CK(cuStreamDestroy_v2(blk));
+    CK(cuStreamDestroy_v2(nb));
+}
+
 /* ---- slowness knobs ---- */
 
 Test(knobs, copy_rate_delays_copies)

@@ -81,6 +81,32 @@ Test(vmm, remap_says_when_the_va_is_stranded, .init = vmm_setup) {
   ckpt_vmm_teardown(other, size, b, CKPT_VMM_UNMAP | CKPT_VMM_RELEASE | CKPT_VMM_FREE_VA, true);
 }
 
+/* A peer slice's offload: no handle to move onto, the VA is only unmapped;
+ * a failed unmap leaves it mapped (the data still on the device). */
+Test(vmm, remap_onto_nothing_only_unmaps, .init = vmm_setup) {
+  CUmemGenericAllocationHandle a;
+  size_t size;
+  CUdeviceptr va = mapped(&a, &size, 0x12);
+  cr_assert_eq(simdev_fail("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+  CUresult rc;
+  cr_assert_eq(ckpt_vmm_remap(va, size, CKPT_DEV_BIT(0), 0, a, &rc), CKPT_REMAP_BACK, "the unmap failed");
+  simdev_fail_clear();
+  cr_assert_eq(rc, CUDA_ERROR_UNKNOWN);
+  cr_assert_eq(((unsigned char *)va)[0], 0x12, "still mapped onto a");
+  unsigned long maps = simdev_calls("cuMemMap");
+  cr_assert_eq(ckpt_vmm_remap(va, size, CKPT_DEV_BIT(0), 0, a, &rc), CKPT_REMAP_TO);
+  cr_assert_eq(rc, CUDA_SUCCESS);
+  cr_assert_eq(simdev_calls("cuMemMap"), maps, "nothing mapped");
+  /* A peer slice's restore: the VA is unmapped, only `to` can be mapped
+   * (back 0); its failure leaves it unmapped (stranded), a later try maps it. */
+  cr_assert_eq(simdev_fail("cuMemMap", 1, CUDA_ERROR_UNKNOWN), 0);
+  cr_assert_eq(ckpt_vmm_map_either(va, size, CKPT_DEV_BIT(0), a, 0, &rc), CKPT_REMAP_NONE);
+  simdev_fail_clear();
+  cr_assert_eq(ckpt_vmm_map_either(va, size, CKPT_DEV_BIT(0), a, 0, &rc), CKPT_REMAP_TO);
+  cr_assert_eq(((unsigned char *)va)[size - 1], 0x12);
+  ckpt_vmm_teardown(va, size, a, CKPT_VMM_UNMAP | CKPT_VMM_RELEASE | CKPT_VMM_FREE_VA, true);
+}
+
 Test(vmm, teardown_does_only_what_it_is_asked, .init = vmm_setup) {
   CUmemGenericAllocationHandle a;
   size_t size;
