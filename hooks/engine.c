@@ -71,18 +71,22 @@ static void roll_back(CUresult *rc, int n) {
 }
 
 /* Waits (lock released) for every arrival at target's gate. A held stream
- * that does not arrive within CKPT_GATE_TIMEOUT is busy with long work from
- * before the cut or blocked on the host: the batch's gates open at once (no
- * stream stays held, so nothing the host waits for is stuck behind them),
- * then the late arrivals are awaited with nothing held, and a new gate is
- * closed; after RETRIES, or when the late arrivals do not come within
- * LATE x the bound (blocked), false: the caller rolls the batch back. */
+ * that does not arrive within CKPT_GATE_TIMEOUT of the first arrival of a
+ * stream that was busy at the cut (or within AHEAD x the bound while only
+ * idle ones have arrived: the program's run-ahead, nothing stalls) is busy
+ * with long work from before the cut or blocked on the host: the batch's
+ * gates open at once (no stream stays held, so nothing the host waits for is
+ * stuck behind them), then the late arrivals are awaited with nothing held,
+ * and a new gate is closed; after RETRIES, or when the late arrivals do not
+ * come within LATE x the bound (blocked), false: the caller rolls the batch
+ * back. */
 #define RETRIES 3
+#define AHEAD 10
 #define LATE 20
 static bool await_gate(struct job *target, struct job **also_open, int *nopen) {
   for (int attempt = 0;; attempt++) {
     UNLOCK();
-    bool reached = ckpt_gate_wait(&target->gate, 1);
+    bool reached = ckpt_gate_wait(&target->gate, AHEAD, true);
     LOCK();
     if (reached) return true;
     CKPT_INFO("gate %u: a held stream did not arrive within CKPT_GATE_TIMEOUT", target->gate.seq);
@@ -91,7 +95,7 @@ static bool await_gate(struct job *target, struct job **also_open, int *nopen) {
     *nopen = 0;
     ckpt_gate_release(&target->gate); /* open; its arrival words still watched */
     UNLOCK();
-    bool late = ckpt_gate_wait(&target->gate, LATE);
+    bool late = ckpt_gate_wait(&target->gate, LATE, false);
     LOCK();
     ckpt_gate_forget(&target->gate);
     target->gated = false;
@@ -197,6 +201,20 @@ static void engine_round(void) {
     bool reached = ckpt_gate_reached(&target->gate) || await_gate(target, also_open, &nopen);
     stall_from = ckpt_now();
     if (!reached) roll_back(rc, n); /* pre-cut work may still run: nothing is swapped */
+    /* Reaching the cut takes as long as the program runs ahead of the
+     * device, and later jobs' copies completed meanwhile: they are swapped
+     * under this gate too (a swap needs complete copies and every stream
+     * held, not a cut after the job began), or the swaps fall behind the
+     * regions by one gate per run-ahead. */
+    struct job *q = n ? batch[n - 1]->next : NULL;
+    for (; reached && q && n < BATCH; q = q->next) {
+      if (q->device != device) continue;
+      if (q->gate_owner || !ckpt_copies_resume(q) || ckpt_event_query(q->done) != CUDA_SUCCESS) break;
+      rc[n] = CUDA_SUCCESS;
+      copied[n] = true;
+      q->gate_owner = target;
+      batch[n++] = q;
+    }
   }
   for (int i = 0; i < n; i++) {
     struct job *b = batch[i];

@@ -114,6 +114,9 @@ static struct host_block *block_get(int device, size_t size, struct ckpt_store_f
   for (struct host_block *b = blocks; b; b = b->next)
     if (!b->in_use && b->ready && b->device == device && b->size == size) {
       b->in_use = true;
+      /* A block abandoned while pending joined the pool still marked
+       * pending: left so, every put of it waited for the engine's resume. */
+      b->held.pending = false;
       return b;
     }
   uint64_t cap = ckpt_param_host_max_bytes();

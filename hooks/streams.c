@@ -315,20 +315,42 @@ CUresult ckpt_event_query(CUevent e) {
   return r;
 }
 
+static bool arrived(const struct ckpt_gate *g, int i) {
+  return (int32_t)(__atomic_load_n(g->reached[i], __ATOMIC_ACQUIRE) - g->seq) >= 0;
+}
+
 bool ckpt_gate_reached(struct ckpt_gate *g) {
   for (int i = 0; i < g->n; i++)
-    if ((int32_t)(__atomic_load_n(g->reached[i], __ATOMIC_ACQUIRE) - g->seq) < 0) return false;
+    if (!arrived(g, i)) return false;
   return true;
 }
 
-bool ckpt_gate_wait(struct ckpt_gate *g, int bounds) {
+/* A held stream stalls only while work waits behind the gate. One that
+ * arrives within the grace had next to nothing queued before the cut: the
+ * program is not feeding it, so it is taken to have nothing behind the gate
+ * either, and waiting longer costs nothing while the busy ones drain their
+ * pre-cut work (which only the program's run-ahead bounds). Once a stream
+ * that was busy has arrived, it may be stalled: CKPT_GATE_TIMEOUT from then. */
+bool ckpt_gate_wait(struct ckpt_gate *g, int bounds, bool held) {
   struct timespec ts = {0, 0};
-  double t0 = ckpt_now(), limit = gate_timeout() * bounds;
+  double t0 = ckpt_now(), limit = gate_timeout() * bounds, busy_since = -1;
+  bool *seen = held ? calloc((size_t)(g->n ? g->n : 1), sizeof *seen) : NULL;
+  if (held && !seen) limit = gate_timeout(); /* no memory: the tighter bound */
   for (unsigned spin = 0; !ckpt_gate_reached(g); spin++) {
-    if (ckpt_now() - t0 > limit) return false;
+    double now = ckpt_now();
+    for (int i = 0; seen && i < g->n; i++)
+      if (!seen[i] && arrived(g, i)) {
+        seen[i] = true;
+        if (busy_since < 0 && now - t0 > CKPT_GATE_GRACE_S) busy_since = now;
+      }
+    if (now - t0 > limit || (busy_since >= 0 && now - busy_since > gate_timeout())) {
+      free(seen);
+      return false;
+    }
     ts.tv_nsec = spin < 7 ? 10000L << spin : 1000000L; /* 10 us doubling to 1 ms */
     nanosleep(&ts, NULL);
   }
+  free(seen);
   return true;
 }
 

@@ -28,9 +28,13 @@ enum { CKPT_GATE_FAILED = -1, CKPT_GATE_DEFERRED = -2, CKPT_GATE_TIMEOUT = -3, C
  * is in use). Never 0 any more: a swap without a gate can fault the context. */
 int ckpt_gate_close(int device, struct ckpt_gate *g);
 bool ckpt_gate_reached(struct ckpt_gate *g);
-/* Lock NOT held. Waits at most `bounds` x CKPT_GATE_TIMEOUT for every
- * arrival; false when one did not come (counted by ckpt_gate_timed_out). */
-bool ckpt_gate_wait(struct ckpt_gate *g, int bounds);
+/* Lock NOT held. Waits for every arrival; false when one did not come in
+ * time (counted by ckpt_gate_timed_out): at most `bounds` x
+ * CKPT_GATE_TIMEOUT, and, when `held` (the gate still closed), at most
+ * CKPT_GATE_TIMEOUT after the first stream that arrived later than
+ * CKPT_GATE_GRACE_S after the wait began (README, "Gates"). */
+#define CKPT_GATE_GRACE_S 0.001
+bool ckpt_gate_wait(struct ckpt_gate *g, int bounds, bool held);
 void ckpt_gate_timed_out(void);
 /* Opens the gate: release (the held streams go on; the arrival words can
  * still be awaited) + forget. */
