@@ -2,8 +2,10 @@
  * one device handle, so offload can swap its backing without moving it.
  * Freed mappings are cached by (device, size) so a repeated step makes no
  * driver calls; frees are honoured in stream order. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "arena.h"
 #include "check.h"
@@ -202,18 +204,52 @@ static bool record_deferred(struct talloc *t) {
   return true;
 }
 
-void ckpt_arena_release_all(void) {
+/* At exit a program stream may never pass a free (blocked on a wait-value
+ * nobody writes, or still busy): the frees are waited for at most this long
+ * in all, as the engine's stop is (engine.c). */
+#define EXIT_WAIT_S 2.0
+
+/* The free's event complete by `deadline` (polled; an error reads as not). */
+static bool free_passed_by(struct talloc *t, double deadline) {
+  struct timespec ts = {0, 0};
+  for (unsigned spin = 0;; spin++) {
+    CUresult r = ckpt_event_query(t->free_ev);
+    if (r == CUDA_SUCCESS) return true;
+    if (r != CUDA_ERROR_NOT_READY || ckpt_now() > deadline) return false;
+    ts.tv_nsec = spin < 7 ? 10000L << spin : 1000000L; /* 10 us doubling to 1 ms */
+    nanosleep(&ts, NULL);
+  }
+}
+
+bool ckpt_arena_release_all(void) {
+  double deadline = ckpt_now() + EXIT_WAIT_S;
+  size_t late = 0, late_bytes = 0;
+  char names[256] = "";
   for (struct talloc **pp = &pending; *pp;) {
     struct talloc *t = *pp;
     /* Once its stream is past the program's free, nothing touches it. */
-    if (!t->busy && record_deferred(t) && DRV(cuEventSynchronize, t->free_ev) == CUDA_SUCCESS) {
+    bool waitable = !t->busy && record_deferred(t);
+    if (waitable && free_passed_by(t, deadline)) {
       *pp = t->next;
       finish_free(t);
-    } else {
-      pp = &t->next;
+      continue;
     }
+    if (waitable) { /* the stream may still use it: left to the process's end */
+      late++;
+      late_bytes += t->size;
+      size_t used = strlen(names);
+      if (late <= 4)
+        snprintf(names + used, sizeof names - used, "%s%#llx (%zu bytes, stream %p)", late > 1 ? ", " : "",
+                 (unsigned long long)t->va, t->size, (void *)t->free_stream);
+    }
+    pp = &t->next;
   }
+  if (late)
+    CKPT_WARN("at exit: %zu freed tagged mapping(s), %zu bytes, not released: their stream did not pass the "
+              "program's free within %.0f s (blocked or still running): %s%s",
+              late, late_bytes, EXIT_WAIT_S, names, late > 4 ? ", ..." : "");
   ckpt_cache_trim((size_t)-1);
+  return late == 0;
 }
 
 void ckpt_reap(void) {

@@ -56,7 +56,9 @@ CUresult ckpt_device_handle(int device, size_t size, CUmemGenericAllocationHandl
 void ckpt_reap(void);
 /* Destroys cached mappings until `want` bytes are freed; the bytes freed. */
 size_t ckpt_cache_trim(size_t want);
-/* At exit, engine stopped, lock held: the program's pending frees completed
- * and every cached mapping destroyed (live tagged memory is the program's). */
-void ckpt_arena_release_all(void);
+/* At exit, lock held: the program's pending frees completed and every cached
+ * mapping destroyed (live tagged memory is the program's). A free whose
+ * stream does not pass it within a bound is left, and said; then false: a
+ * stream is stuck, so a call that synchronizes the device would hang. */
+bool ckpt_arena_release_all(void);
 #endif
