@@ -150,6 +150,7 @@ int ckpt_policy_prefetch(struct region *top) {
  * and reads device memory, and the host never waits. Without gates (an old
  * driver), the host waits for the swap instead. */
 int ckpt_policy_restore(struct region *top) {
+  top->restored = true;
   int rc = ckpt_policy_prefetch(top);
   if (ckpt_engine_gate_restores(top)) ckpt_engine_wait_settled(top, true);
   return rc;
@@ -168,24 +169,51 @@ static void cycle_end(struct region *top) {
   }
 }
 
-void ckpt_policy_step(void) {
-  credit[0] = credit[1] = 0; /* the link is idle at the turn of the step: nothing carried over */
-  probe_sent = false;
-  int n = ncycle;
+/* A turn the program did not mark (a region opening after a restore) is not
+ * always the end of a forward pass: in a pipeline schedule (1F1B) forwards of
+ * one micro-batch interleave with backwards of another, and the older
+ * micro-batches' regions are still waiting for their backward. A region
+ * whose restore the program never asked for is carried into the next cycle
+ * (up to CARRY_MAX turns), not taken for persistent; a persistent buffer sits
+ * in a region that backward did restore (the first region's cuBLAS
+ * workspace), so it is still found at the first turn. */
+#define CARRY_MAX 32
+
+static bool carries(struct region *r) {
+  return !r->restored && r->carried < CARRY_MAX && tree_live(r) > 0;
+}
+
+static void cycle_turn(bool implicit) {
+  int n = ncycle, k = 0;
   ncycle = 0;
-  offload_cursor = 0;
+  offload_cursor = 0; /* carried regions not offloaded yet are decided again */
   cycle_restored = false;
   for (int i = 0; i < n; i++) {
     struct region *r = cycle[i];
+    if (implicit && carries(r)) {
+      r->carried++;
+      r->cycle_pos = k;
+      cycle[k++] = r;
+      continue;
+    }
     cycle_end(r);
     r->cycle_pos = -1;
+    r->restored = false;
+    r->carried = 0;
     ckpt_region_retire_maybe(r);
   }
+  ncycle = k;
+  ckpt_g.stats.regions_carried = (uint64_t)k;
+  if (k) return; /* backwards still to come keep the link busy: credit stands */
+  credit[0] = credit[1] = 0; /* the link is idle at the turn of the step: nothing carried over */
+  probe_sent = false;
 }
+
+void ckpt_policy_step(void) { cycle_turn(false); }
 
 bool ckpt_policy_region_opening(void) {
   if (ckpt_g.open || !cycle_restored) return false;
-  ckpt_policy_step();
+  cycle_turn(true);
   return true;
 }
 

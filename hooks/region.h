@@ -21,6 +21,8 @@ struct region {
   int jobs;                /* engine jobs in flight */
   int waiters;             /* API calls waiting on this tree */
   bool offloaded;          /* offloaded in this cycle (policy does it once) */
+  bool restored;           /* the program asked to restore it in this cycle */
+  int carried;             /* implicit cycle turns it was carried over (policy.c) */
   int cycle_pos;           /* index in the policy's cycle (top-level only), -1 if none */
   struct region *hnext;    /* id hash chain */
   struct ckpt_name_stats *ns; /* counters of its name (NULL: table full) */

@@ -126,6 +126,8 @@ struct ckpt_stats {
   double budget_d2h_gbps;         /* copy bandwidth measured in this run (any budget), device to host (0: not yet) */
   double budget_h2d_gbps;         /* host to device */
   double budget_copy_ratio;       /* auto: copy time / compute time of the last region decided (0: unknown) */
+  /* pipeline schedules (appended) */
+  uint64_t regions_carried;       /* region trees carried into the next cycle at the last turn: not restored yet (1F1B) */
 };
 
 /* stats.budget_mode */

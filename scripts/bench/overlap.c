@@ -14,7 +14,8 @@
  *   CKPT_KEEP_LAST, CKPT_PREFETCH as set).
  * MODE duplex: two micro-batches A and B, 1F1B-like: forward A, then each
  *   forward layer of B interleaved with a backward layer of A, then backward B.
- *   Under libckpt the offloads of B and the restores of A are in flight
+ *   Under libckpt the offloads of B (each asked for as its layer closes) and
+ *   the restores of A (restore, then the prefetch of the next) are in flight
  *   together (CKPT_OFFLOAD=manual: the program asks for them), and the
  *   utilisation is measured over the interleaved phase.
  *
@@ -27,7 +28,9 @@
  * the simulated device's usage every 200 us for the peak. Every activation is checked (one word per 4 KiB) by
  * stream work before it is freed: a wrong word fails the run.
  * Prints one JSON object on stdout. BENCH_TRACE=1 prints every change of the
- * device usage the sampler sees (seconds, MiB) on stderr. */
+ * device usage the sampler sees (seconds, MiB) on stderr, and at the end when
+ * each compute ran on the device and the gap before it (what the stream spent
+ * on sets, gates and waits: the step ratio's cost, layer by layer). */
 #define _GNU_SOURCE
 #define __CUDA_API_VERSION_INTERNAL 1
 #include <cuda.h>
@@ -100,7 +103,17 @@ static void *sampler(void *arg) {
   return NULL;
 }
 
-static void CUDA_CB compute(void *us) { usleep((useconds_t)(uintptr_t)us); }
+/* BENCH_TRACE: when each compute began and ended on the device (the gaps
+ * between them are what the stream spent elsewhere: sets, gates, waits). */
+enum { MAXT = 4096 };
+static double tr_t[MAXT][2];
+static _Atomic int ntr;
+static void CUDA_CB compute(void *us) {
+  int i = atomic_fetch_add(&ntr, 1);
+  if (i < MAXT) tr_t[i][0] = now();
+  usleep((useconds_t)(uintptr_t)us);
+  if (i < MAXT) tr_t[i][1] = now();
+}
 
 struct check { uint32_t *p; uint32_t want; };
 static void CUDA_CB verify(void *arg) {
@@ -121,8 +134,8 @@ static void fwd(struct layer *L, int l, uint32_t tag, unsigned us) {
   pace();
 }
 
-static void bwd(struct layer *L, int l, unsigned us) {
-  if (ck.restore) ck.restore(L[l].id);
+static void bwd(struct layer *L, int l, unsigned us, int restored) {
+  if (ck.restore && !restored) ck.restore(L[l].id);
   CU(cuLaunchHostFunc(s, compute, (void *)(uintptr_t)(2 * us)));
   struct check *c = malloc(sizeof *c);
   *c = (struct check){(uint32_t *)L[l].act, L[l].tag};
@@ -187,7 +200,7 @@ int main(int argc, char **argv) {
     uint32_t tag = (uint32_t)step << 16;
     if (!duplex) {
       for (int l = 0; l < layers; l++) fwd(A, l, tag | (uint32_t)l, us);
-      for (int l = layers - 1; l >= 0; l--) bwd(A, l, us);
+      for (int l = layers - 1; l >= 0; l--) bwd(A, l, us, 0);
     } else {
       for (int l = 0; l < layers; l++) {
         fwd(A, l, tag | (uint32_t)l, us);
@@ -202,10 +215,13 @@ int main(int argc, char **argv) {
       double p0 = now();
       for (int k = 0; k < layers; k++) { /* forward B layer k, backward A layer L-1-k */
         fwd(B, k, tag | 0x8000u | (uint32_t)k, us);
-        if (ck.offload && k >= 1) { int rc_ = ck.offload(B[k - 1].id); if (rc_ && getenv("BENCH_TRACE")) fprintf(stderr, "offload B%d: %d\n", k - 1, rc_); }
+        if (ck.offload) ck.offload(B[k].id); /* its copy starts once the layer has run */
+        /* A's restore first, then the prefetch of the layer after it (its
+         * fan-out, CKPT_PREFETCH, may have started it already). */
         int l = layers - 1 - k;
+        if (ck.restore) ck.restore(A[l].id);
         if (ck.prefetch && l >= 1) ck.prefetch(A[l - 1].id);
-        bwd(A, l, us);
+        bwd(A, l, us, 1);
       }
       CU(cuStreamSynchronize(s));
       double pdt = now() - p0;
@@ -215,7 +231,7 @@ int main(int argc, char **argv) {
         pbusy[0] = b1[0] - b0[0];
         pbusy[1] = b1[1] - b0[1];
       }
-      for (int l = layers - 1; l >= 0; l--) bwd(B, l, us);
+      for (int l = layers - 1; l >= 0; l--) bwd(B, l, us, 0);
     }
     CU(cuStreamSynchronize(s));
     if (ck.step) ck.step();
@@ -228,6 +244,10 @@ int main(int argc, char **argv) {
   }
   atomic_store(&sampling, 0);
   pthread_join(th, NULL);
+  if (getenv("BENCH_TRACE"))
+    for (int i = 1; i < atomic_load(&ntr) && i < MAXT; i++)
+      fprintf(stderr, "compute %d: %.4f s, %.2f ms, gap before %.2f ms\n", i, tr_t[i][0],
+              (tr_t[i][1] - tr_t[i][0]) * 1e3, (tr_t[i][0] - tr_t[i - 1][1]) * 1e3);
   simdev_link_stats(busy1, NULL);
   double stall = 0;
   struct ckpt_stats st = {0};

@@ -74,6 +74,7 @@ class CkptStats(ctypes.Structure):
         ("budget_d2h_gbps", ctypes.c_double),
         ("budget_h2d_gbps", ctypes.c_double),
         ("budget_copy_ratio", ctypes.c_double),
+        ("regions_carried", ctypes.c_uint64),
     ]
 
 

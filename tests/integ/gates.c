@@ -8,6 +8,12 @@
  *                   flight: it succeeds and its graph replays right
  *   blocked         a stream blocked on the host (the program's own
  *                   wait-value): the gate times out, nothing hangs, data right
+ *   late            a held stream with 300 ms of work queued ahead of the gate
+ *                   (a framework's run-ahead) and an idle held stream that
+ *                   arrives at once: the idle one does not start the arrival
+ *                   bound (CKPT_GATE_TIMEOUT=100), so the swap happens
+ *                   without a timeout (before 370a4c6 it timed out and rolled
+ *                   back: the bench's gates did so every layer)
  *   capture_free    frees of tagged memory during a global-mode capture: on the
  *                   capturing stream (refused as the driver refuses a free node
  *                   of memory no graph allocated), cuMemFree from another thread
@@ -176,6 +182,36 @@ static void blocked(void) {
   printf("blocked: gate_timeouts %llu\n", (unsigned long long)ck_stats().gate_timeouts);
 }
 
+static void CUDA_CB sleep_kernel(void *us) { usleep((useconds_t)(uintptr_t)us); }
+
+static void late(void) {
+  CUstream idle;
+  CU(cuStreamCreate(&idle, CU_STREAM_NON_BLOCKING));
+  CHECK(ck.set_stream((uintptr_t)idle) == 0); /* held by every gate, never busy */
+  const size_t n = 6 * MiB;
+  int a = ck.region_begin("a");
+  CUdeviceptr x = tensor(n, 31);
+  ck.region_end();
+  simdev_link_pause(0, 1); /* a's copy waits, so its gate comes after the work below */
+  ck.region_begin("b");
+  CUdeviceptr y = tensor(4 * MiB, 32);
+  ck.region_end(); /* a's offload: fenced after compute's work so far */
+  for (int i = 0; i < 6; i++) CU(cuLaunchHostFunc(compute, sleep_kernel, (void *)(uintptr_t)50000));
+  simdev_link_pause(0, 0);
+  CHECK(ck.wait(a) == 0);
+  struct ckpt_stats st = ck_stats();
+  CHECK(st.gate_timeouts == 0, "gate_timeouts %llu: the idle stream started the bound",
+        (unsigned long long)st.gate_timeouts);
+  CHECK(residency(x) == CKPT_HOST, "swapped: residency %d", residency(x));
+  CHECK(ck.restore(a) == 0);
+  CHECK(ck.wait(a) == 0);
+  CHECK(pattern_check((void *)x, n, 31) == 0);
+  CU(cuMemFreeAsync(x, compute));
+  CU(cuMemFreeAsync(y, compute));
+  CU(cuStreamSynchronize(compute));
+  CU(cuStreamDestroy_v2(idle));
+}
+
 struct sync_free {
   CUcontext ctx;
   CUdeviceptr p;
@@ -283,6 +319,7 @@ int main(int argc, char **argv) {
   if (!strcmp(t, "unnamed")) unnamed();
   else if (!strcmp(t, "capture")) capture(argc > 2 ? argv[2] : "global");
   else if (!strcmp(t, "blocked")) blocked();
+  else if (!strcmp(t, "late")) late();
   else if (!strcmp(t, "capture_free")) capture_free();
   else CHECK(0, "unknown subtest %s", t);
   CU(cuCtxSynchronize());

@@ -247,6 +247,7 @@ static void slow_producer(void) {
   CHECK(ck.wait(a) == 0);
   CHECK(residency(x.p) == CKPT_HOST);
   CHECK(ck.restore(a) == 0);
+  CHECK(ck.wait(a) == 0); /* a host reader waits for the swap: restore holds only the streams */
   host_check(&x, "slow producer");
   CU(cuMemFreeAsync(x.p, prod));
   CU(cuMemFreeAsync(y.p, prod));
@@ -319,6 +320,7 @@ static void pool_exhaustion(const char *log) {
     CHECK(host == 2, "%d survivors offloaded, the pool holds 2", host);
     for (int i = 0; i < 6; i++) host_check(&x[i], "pool full");
     CHECK(ck.restore(a) == 0);
+    CHECK(ck.wait(a) == 0); /* a host reader waits for the swap: restore holds only the streams */
     for (int i = 0; i < 6; i++) {
       host_check(&x[i], "after restore");
       CU(cuMemFreeAsync(x[i].p, compute));
@@ -384,6 +386,7 @@ static void accounting(void) {
     CHECK(before - after == 3 * tagged_granule(), "step %d: dropped %zd bytes", step, (ssize_t)(before - after));
     CHECK(ck_stats().device_bytes_released == 3 * tagged_granule());
     CHECK(ck.restore(a) == 0);
+    CHECK(ck.wait(a) == 0); /* a host reader waits for the swap: restore holds only the streams */
     for (int i = 0; i < 3; i++) {
       if (step % 100 == 0) host_check(&x[i], "accounting");
       CU(cuMemFreeAsync(x[i].p, compute));
@@ -417,6 +420,7 @@ static void copy_error(void) {
   CHECK(ck_stats().driver_errors >= 1);
   host_check(&x, "after failed copy");
   CHECK(ck.restore(a) == 0);
+  CHECK(ck.wait(a) == 0); /* a host reader waits for the swap: restore holds only the streams */
   host_check(&x, "after restore");
   CU(cuMemFreeAsync(x.p, compute));
   CU(cuMemFreeAsync(y.p, compute));

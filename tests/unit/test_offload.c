@@ -852,3 +852,73 @@ Test(offload, swap_waits_for_a_named_consumer_stream, .init = manual, .timeout =
   cr_assert_eq(cuMemFree_v2(dst), CUDA_SUCCESS);
   ut_free(p);
 }
+
+/* 1F1B: micro-batch B's forward interleaves with A's backward. Each B region
+ * opening after a restore of A is a turn of the cycle, but A's regions not
+ * restored yet are still waiting for their backward: they are carried into
+ * the next cycle, stay offloaded and are restored intact when asked, instead
+ * of being taken for persistent buffers and brought back (finding (d) of
+ * BENCHMARKS.md: before, A's survivors were all marked persistent and
+ * restored at B's first region, so nothing of the interleaved phase moved). */
+/* CKPT_PREFETCH=0: a restore brings back only what it names. */
+Test(offload, pipeline_schedule_carries_unrestored_regions, .init = auto_keep1_noprefetch, .timeout = 30) {
+  CUdeviceptr a[3], b[3];
+  int ra[3], rb[3];
+  for (int i = 0; i < 3; i++) ra[i] = region_with_survivor("layer", 300 + (uint64_t)i, &a[i]);
+  cr_assert_eq(ckpt_wait(ra[0]), 0);
+  cr_assert_eq(ckpt_wait(ra[1]), 0);
+  cr_assert_eq(ut_residency(a[0]), CKPT_HOST);
+  cr_assert_eq(ut_residency(a[1]), CKPT_HOST);
+  for (int k = 0; k < 3; k++) {
+    rb[k] = region_with_survivor("layer", 400 + (uint64_t)k, &b[k]); /* a turn from k = 1 on */
+    int l = 2 - k;
+    cr_assert_eq(ckpt_restore(ra[l]), 0);
+    cr_assert_eq(ckpt_wait(ra[l]), 0);
+    cr_assert_eq(ut_residency(a[l]), CKPT_DEVICE);
+    ut_assert_intact(a[l], REQ, 300 + (uint64_t)l);
+    ut_free(a[l]);
+    for (int m = 0; m < l; m++) /* the rest of A is still offloaded, not brought back */
+      cr_assert_eq(ut_residency(a[m]), CKPT_HOST, "A%d after B%d", m, k);
+    if (k >= 1) cr_assert_geq(ut_stats().regions_carried, 1, "B%d", k);
+  }
+  cr_assert_eq(ckpt_wait(rb[0]), 0);
+  cr_assert_eq(ckpt_wait(rb[1]), 0);
+  cr_assert_eq(ut_residency(b[0]), CKPT_HOST, "B's regions are offloaded in the interleaved phase");
+  cr_assert_eq(ut_residency(b[1]), CKPT_HOST);
+  for (int l = 2; l >= 0; l--) {
+    cr_assert_eq(ckpt_restore(rb[l]), 0);
+    cr_assert_eq(ckpt_wait(rb[l]), 0);
+    ut_assert_intact(b[l], REQ, 400 + (uint64_t)l);
+    ut_free(b[l]);
+  }
+  cr_assert_eq(ckpt_step(), 0);
+  struct ckpt_stats s = ut_stats();
+  cr_assert_eq(s.regions_carried, 0, "an explicit step ends every region's cycle");
+  cr_assert_eq(s.offloads, 4, "A0, A1, B0, B1");
+  cr_assert_eq(s.restores, 4);
+  cr_assert_eq(s.tagged_allocs_live, 0);
+  cr_assert_eq(s.host_bytes_in_use, 0);
+  cr_assert_not(simdev_faulted());
+}
+
+/* A region never restored is carried for a bounded number of turns (32),
+ * then taken for a persistent buffer: brought back and kept on the device. */
+Test(offload, unrestored_region_carried_at_most_32_turns, .init = auto_keep1_noprefetch, .timeout = 30) {
+  CUdeviceptr p;
+  int r = region_with_survivor("buffer", 500, &p);
+  empty_region("layer"); /* keep-last passes it: offloaded */
+  cr_assert_eq(ckpt_wait(r), 0);
+  cr_assert_eq(ut_residency(p), CKPT_HOST);
+  int turns = 0;
+  for (; turns < 40 && ut_residency(p) != CKPT_DEVICE; turns++) {
+    int x = empty_region("layer"); /* a turn from the second on: a restore came before */
+    cr_assert_eq(ckpt_restore(x), 0);
+    cr_assert_eq(ckpt_wait(r), 0);
+  }
+  cr_assert_eq(ut_residency(p), CKPT_DEVICE, "a region never restored ends up kept after 32 turns");
+  cr_assert_geq(turns, 32, "carried at least 32 turns: %d", turns);
+  cr_assert_leq(turns, 35, "and not much longer: %d", turns);
+  ut_assert_intact(p, REQ, 500);
+  ut_free(p);
+  (void)r;
+}
