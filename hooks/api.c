@@ -178,9 +178,8 @@ CKPT_API int ckpt_wait(int id) {
   struct region *top = tree_of(id);
   int rc = CKPT_ENOENT;
   if (top) {
-    ckpt_engine_wait_settled(top, false);
+    rc = ckpt_engine_wait_settled(top, false, true) ? 0 : CKPT_ETIMEDOUT;
     ckpt_region_retire_maybe(top);
-    rc = 0;
   }
   UNLOCK();
   return rc;
@@ -265,7 +264,7 @@ CKPT_API int ckpt_pin(uintptr_t ptr) {
     if (t->state != CKPT_DEVICE && t->region) {
       struct region *top = t->region->top;
       rc = ckpt_policy_restore(top);
-      ckpt_engine_wait_settled(top, false);
+      ckpt_engine_wait_settled(top, false, false);
     }
   }
   UNLOCK();

@@ -13,7 +13,9 @@
 #include "check.h"
 #include "copy.h"
 #include "engine.h"
+#include "log.h"
 #include "observe.h"
+#include "params.h"
 #include "region.h"
 #include "state.h"
 #include "streams.h"
@@ -346,12 +348,38 @@ static bool tree_settled(struct region *r) {
   return true;
 }
 
+#define WAIT_WARN_S 10.0 /* a wait on copies this long is said, whatever the bound */
+
 /* Waits (lock held) until no engine job is in flight for the tree. */
-void ckpt_engine_wait_settled(struct region *top, bool count_stall) {
-  if (tree_settled(top) && top->jobs == 0) return;
-  double t0 = ckpt_now();
+bool ckpt_engine_wait_settled(struct region *top, bool count_stall, bool give_up) {
+  if (tree_settled(top) && top->jobs == 0) return true;
+  double t0 = ckpt_now(), bound = (double)ckpt_param_int(CKPT_P_WAIT_TIMEOUT) / 1000.0;
+  double every = bound > WAIT_WARN_S ? bound : WAIT_WARN_S; /* waits that cannot give up: said this often */
+  double say = give_up && bound < WAIT_WARN_S ? bound : WAIT_WARN_S;
+  bool settled = true;
   top->waiters++; /* keeps the tree alive while the lock is released */
-  while (!(tree_settled(top) && top->jobs == 0)) pthread_cond_wait(&settled_cv, &ckpt_g.lock);
+  while (!(tree_settled(top) && top->jobs == 0)) {
+    double left = t0 + say - ckpt_now();
+    if (left <= 0) {
+      bool out = give_up && ckpt_now() - t0 >= bound;
+      CKPT_WARN("waited %.1f s for the copies and swaps of region %d (%s, %d jobs in flight): a program stream "
+                "blocked on the host, a stuck copy or a device fault holds them%s", ckpt_now() - t0, top->id,
+                top->name, top->jobs, out ? "; ckpt_wait returns CKPT_ETIMEDOUT (CKPT_WAIT_TIMEOUT), they go on"
+                                          : "; still waiting (the caller cannot go on before the swap)");
+      if (out) {
+        settled = false;
+        break;
+      }
+      say = give_up && say < bound ? bound : say + every;
+      continue;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double at = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + (left < 0.5 ? left : 0.5);
+    ts.tv_sec = (time_t)at;
+    ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+    pthread_cond_timedwait(&settled_cv, &ckpt_g.lock, &ts);
+  }
   top->waiters--;
   if (count_stall) {
     double dt = ckpt_now() - t0;
@@ -359,6 +387,7 @@ void ckpt_engine_wait_settled(struct region *top, bool count_stall) {
     if (top->ns) top->ns->stall_seconds += dt;
     ckpt_trace(CKPT_T_STALL, top->id, NULL, 0, 0, (uint64_t)(dt * 1e9));
   }
+  return settled;
 }
 
 bool ckpt_engine_gate_restores(struct region *top) {

@@ -21,8 +21,12 @@ int ckpt_engine_submit(int kind, struct region *top, struct talloc **items, int 
  * them could not be gated (the caller must wait for the swap instead). */
 bool ckpt_engine_gate_restores(struct region *top);
 /* Waits until no engine job is in flight for the tree (releases the lock
- * meanwhile); `count_stall`: the wait is a consumer's stall. */
-void ckpt_engine_wait_settled(struct region *top, bool count_stall);
+ * meanwhile); `count_stall`: the wait is a consumer's stall. Never silent: a
+ * wait past 10 s warns, naming the region, and again at each `bound_s`
+ * (CKPT_WAIT_TIMEOUT when 0). `give_up`: returns false at the bound instead
+ * (the jobs go on); otherwise it waits on, since its caller may not go on
+ * before the swap. */
+bool ckpt_engine_wait_settled(struct region *top, bool count_stall, bool give_up);
 /* Lock NOT held. Stops the engine thread; false when it could not be joined
  * (a copy may still run). */
 bool ckpt_engine_stop(void);

@@ -123,7 +123,7 @@ static int prefetch_tree(struct region *top) {
   if (!ckpt_g.tagging || ckpt_g.exiting) return 0; /* host-backed data stays valid */
   /* Peer modes: every rank must restore the same items, so an offload in
    * flight is finished, not cancelled on whichever rank it had not finished. */
-  if (ckpt_g.mode == CKPT_MODE_PEER || ckpt_g.mode == CKPT_MODE_PEER_HOST) ckpt_engine_wait_settled(top, true);
+  if (ckpt_g.mode == CKPT_MODE_PEER || ckpt_g.mode == CKPT_MODE_PEER_HOST) ckpt_engine_wait_settled(top, true, false);
   cancel_offload(top);
   return tree_job(JOB_TO_DEVICE, top);
 }
@@ -152,7 +152,7 @@ int ckpt_policy_prefetch(struct region *top) {
 int ckpt_policy_restore(struct region *top) {
   top->restored = true;
   int rc = ckpt_policy_prefetch(top);
-  if (ckpt_engine_gate_restores(top)) ckpt_engine_wait_settled(top, true);
+  if (ckpt_engine_gate_restores(top)) ckpt_engine_wait_settled(top, true, false);
   return rc;
 }
 

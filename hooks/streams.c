@@ -222,6 +222,8 @@ static double gate_timeout(void) { return (double)ckpt_param_int(CKPT_P_GATE_TIM
 static int refuse(struct ckpt_gate *g, int why) {
   free(g->reached);
   g->reached = NULL;
+  free(g->idle);
+  g->idle = NULL;
   g->n = 0;
   if (why == CKPT_GATE_DEFERRED) {
     ckpt_g.stats.swaps_deferred_capture++;
@@ -244,6 +246,7 @@ static int refuse(struct ckpt_gate *g, int why) {
 int ckpt_gate_close(int device, struct ckpt_gate *g) {
   g->n = 0;
   g->reached = NULL;
+  g->idle = NULL;
   /* No gate, no swap: an unheld kernel touching the VA between unmap and map
    * faults the context (hard-faults found it ungated under load). */
   if (!gates_available()) return refuse(g, CKPT_GATE_NONE);
@@ -275,6 +278,12 @@ int ckpt_gate_close(int device, struct ckpt_gate *g) {
   }
   g->slot = (unsigned)slot;
   g->seq = ++gate_seq;
+  /* Which held streams have nothing queued: with submissions excluded, their
+   * next work is the hold, so they arrive at once and stall nothing. Known
+   * from the stream, not from how soon the arrival is seen (a loaded host
+   * sees an idle stream's arrival late). No memory: all taken as busy. */
+  if ((g->idle = malloc((size_t)(nheld + 1) * sizeof *g->idle)))
+    for (int k = 0; k < nheld; k++) g->idle[k] = DRV(cuStreamQuery, streams[held[k]].s) == CUDA_SUCCESS;
   CUresult r = CUDA_SUCCESS;
   for (int k = 0; k < nheld && r == CUDA_SUCCESS; k++) /* phase 1: every arrival */
     r = memop(streams[held[k]].s, false, word_dptr(streams[held[k]].word), g->seq);
@@ -341,7 +350,7 @@ bool ckpt_gate_wait(struct ckpt_gate *g, int bounds, bool held) {
     for (int i = 0; seen && i < g->n; i++)
       if (!seen[i] && arrived(g, i)) {
         seen[i] = true;
-        if (busy_since < 0 && now - t0 > CKPT_GATE_GRACE_S) busy_since = now;
+        if (busy_since < 0 && !(g->idle && g->idle[i]) && now - t0 > CKPT_GATE_GRACE_S) busy_since = now;
       }
     if (now - t0 > limit || (busy_since >= 0 && now - busy_since > gate_timeout())) {
       free(seen);
@@ -370,6 +379,8 @@ void ckpt_gate_release(struct ckpt_gate *g) {
 void ckpt_gate_forget(struct ckpt_gate *g) {
   free(g->reached);
   g->reached = NULL;
+  free(g->idle);
+  g->idle = NULL;
   g->n = 0;
 }
 

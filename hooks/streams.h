@@ -18,6 +18,7 @@ struct ckpt_gate {
   unsigned slot;
   uint32_t seq;
   volatile uint32_t **reached; /* per held stream: its arrival word (>= seq: arrived) */
+  bool *idle;                  /* per held stream: nothing queued at the cut (cuStreamQuery), or NULL */
 };
 enum { CKPT_GATE_FAILED = -1, CKPT_GATE_DEFERRED = -2, CKPT_GATE_TIMEOUT = -3, CKPT_GATE_NONE = -4 };
 /* The device's context current. 1: every program stream of the device is
@@ -31,8 +32,9 @@ bool ckpt_gate_reached(struct ckpt_gate *g);
 /* Lock NOT held. Waits for every arrival; false when one did not come in
  * time (counted by ckpt_gate_timed_out): at most `bounds` x
  * CKPT_GATE_TIMEOUT, and, when `held` (the gate still closed), at most
- * CKPT_GATE_TIMEOUT after the first stream that arrived later than
- * CKPT_GATE_GRACE_S after the wait began (README, "Gates"). */
+ * CKPT_GATE_TIMEOUT after the first stream that had work queued at the cut
+ * and arrived later than CKPT_GATE_GRACE_S after the wait began (README,
+ * "Gates"). */
 #define CKPT_GATE_GRACE_S 0.001
 bool ckpt_gate_wait(struct ckpt_gate *g, int bounds, bool held);
 void ckpt_gate_timed_out(void);

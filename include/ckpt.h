@@ -25,6 +25,7 @@ enum ckpt_error {
   CKPT_ENOMEM = -4,    /* host or device memory exhausted */
   CKPT_EDRIVER = -5,   /* the CUDA driver returned an error (logged) */
   CKPT_EDISABLED = -6, /* libckpt is disabled (pass-through) in this process */
+  CKPT_ETIMEDOUT = -7, /* ckpt_wait(): the copies did not finish within CKPT_WAIT_TIMEOUT (logged; they go on) */
 };
 
 /* Where the bytes of a tagged allocation live now. */
@@ -60,7 +61,9 @@ int ckpt_prefetch(int region);
 int ckpt_restore(int region);
 /* ckpt_restore() of the region holding dptr (any byte of a tagged allocation). */
 int ckpt_restore_ptr(uintptr_t dptr);
-/* Blocks the calling host thread until the region's offload or restore is done. */
+/* Blocks the calling host thread until the region's offload or restore is
+ * done; CKPT_ETIMEDOUT after CKPT_WAIT_TIMEOUT ms (logged: a stream blocked on
+ * the host or a stuck copy; the copies go on and a later ckpt_wait may succeed). */
 int ckpt_wait(int region);
 /* Marks the start of a new training step (forward pass): a new offload cycle. */
 int ckpt_step(void);

@@ -9,6 +9,7 @@ ESTATE = -3
 ENOMEM = -4
 EDRIVER = -5
 EDISABLED = -6
+ETIMEDOUT = -7
 
 ERROR_NAMES = {
     OK: "CKPT_OK",
@@ -18,6 +19,7 @@ ERROR_NAMES = {
     ENOMEM: "CKPT_ENOMEM",
     EDRIVER: "CKPT_EDRIVER",
     EDISABLED: "CKPT_EDISABLED",
+    ETIMEDOUT: "CKPT_ETIMEDOUT",
 }
 
 _ERROR_MEANINGS = {
@@ -27,6 +29,7 @@ _ERROR_MEANINGS = {
     ENOMEM: "host or device memory exhausted",
     EDRIVER: "the CUDA driver returned an error (see the CKPT_DEBUG log)",
     EDISABLED: "libckpt is disabled (pass-through) in this process",
+    ETIMEDOUT: "the region's copies did not finish within CKPT_WAIT_TIMEOUT (see the log; they go on)",
 }
 
 PRELOAD_HINT = (

@@ -13,7 +13,10 @@
  *                   arrives at once: the idle one does not start the arrival
  *                   bound (CKPT_GATE_TIMEOUT=100), so the swap happens
  *                   without a timeout (before 370a4c6 it timed out and rolled
- *                   back: the bench's gates did so every layer)
+ *                   back: the bench's gates did so every layer; with 370a4c6's
+ *                   1 ms grace alone it still did on a loaded host, where the
+ *                   idle arrival was seen late: idle is now cuStreamQuery's
+ *                   word at the cut)
  *   capture_free    frees of tagged memory during a global-mode capture: on the
  *                   capturing stream (refused as the driver refuses a free node
  *                   of memory no graph allocated), cuMemFree from another thread
@@ -192,7 +195,7 @@ static void late(void) {
   int a = ck.region_begin("a");
   CUdeviceptr x = tensor(n, 31);
   ck.region_end();
-  simdev_link_pause(0, 1); /* a's copy waits, so its gate comes after the work below */
+  simdev_link_pause(0, 1); /* a's copy waits (SIMDEV_COPY_GBPS set), so its gate comes after the work below */
   ck.region_begin("b");
   CUdeviceptr y = tensor(4 * MiB, 32);
   ck.region_end(); /* a's offload: fenced after compute's work so far */

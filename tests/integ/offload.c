@@ -195,6 +195,36 @@ static void roundtrip(uint64_t seed) {
 
 /* Reads and writes of an offloaded tensor without a restore both work, and
  * the written bytes are there after the restore. */
+/* A copy that does not finish (the link held): ckpt_wait returns
+ * CKPT_ETIMEDOUT at CKPT_WAIT_TIMEOUT (200 ms here) with a warning instead of
+ * blocking for ever; the offload goes on and completes once the link moves. */
+static void wait_bound(void) {
+  struct tensor x;
+  int a = ck.region_begin("a");
+  alloc_tensor(&x, 6 * MiB, 77, compute);
+  ck.region_end();
+  CU(cuStreamSynchronize(compute));
+  simdev_link_pause(0, 1);
+  CHECK(ck.offload(a) == 0);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int rc = ck.wait(a);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  CHECK(rc == CKPT_ETIMEDOUT, "ckpt_wait on a held copy: %d", rc);
+  CHECK(took >= 0.15 && took < 10, "returned after %.3f s (bound 0.2 s)", took);
+  CHECK(residency(x.p) == CKPT_OFFLOADING, "still in flight: residency %d", residency(x.p));
+  simdev_link_pause(0, 0);
+  CHECK(ck.wait(a) == 0);
+  CHECK(residency(x.p) == CKPT_HOST, "residency %d", residency(x.p));
+  CHECK(ck.restore(a) == 0);
+  CHECK(ck.wait(a) == 0);
+  host_check(&x, "after a timed-out wait");
+  CU(cuMemFreeAsync(x.p, compute));
+  CU(cuStreamSynchronize(compute));
+  ck.step();
+}
+
 static void stray(void) {
   struct tensor x;
   int a = ck.region_begin("a");
@@ -549,6 +579,7 @@ int main(int argc, char **argv) {
     uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 0) : (uint64_t)time(NULL) ^ (uint64_t)getpid();
     roundtrip(seed);
   } else if (!strcmp(t, "stray")) stray();
+  else if (!strcmp(t, "wait_bound")) wait_bound();
   else if (!strcmp(t, "slow_producer")) slow_producer();
   else if (!strcmp(t, "prefetch")) prefetch_overlap();
   else if (!strcmp(t, "pool_exhaustion")) pool_exhaustion(argv[2]);
