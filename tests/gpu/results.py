@@ -104,7 +104,8 @@ def preload_env(lib, extra=None):
 # added or moved does not break the checks: "libckpt[pid] summary: mode=host
 # regions=12 tagged=3 offloaded=1.0 MiB ... device released peak=2.0 MiB copy=0.1 s ..."
 SUMMARY_LINE = re.compile(r"libckpt\[\d+\] summary: (.*)")
-SUMMARY_PAIR = re.compile(r"([a-z][a-z -]*?)=(\S+)(?: (MiB|GiB|s)\b)?")
+# A value ends at a space, ')', ',' or ':' ("no CUDA device was used (regions=10): ...").
+SUMMARY_PAIR = re.compile(r"([a-z][a-z -]*?)=([^\s),:]+)(?: (MiB|GiB|s)\b)?")
 SUMMARY_KEYS = {"regions": "regions", "tagged": "tagged", "offloaded": "offloaded_mib", "restored": "restored_mib",
                 "device released peak": "released_peak_mib", "copy": "copy_s", "stall": "stall_s",
                 "pool-full": "pool_full", "restore-oom": "restore_oom", "driver-errors": "driver_errors"}
