@@ -34,12 +34,15 @@ static void atfork_child(void) {
 /* Gives back what libckpt holds of the driver (caches, pool, streams, events,
  * the gate page), so that leak checkers see nothing and a process that lives
  * on after exit handlers (other threads) holds nothing of ours. Skipped when
- * a copy may still run: a leak at exit is harmless, a freed target is not. */
+ * a copy may still run: a leak at exit is harmless, a freed target is not.
+ * Skipped too when a program stream never passed a tagged free (the arena
+ * said so): cuMemFreeHost of the gate page synchronizes the device, and
+ * would wait for that stream for ever. */
 static void release_at_exit(bool engine_stopped) {
   LOCK();
   IN_LIB_BEGIN();
-  ckpt_arena_release_all();
-  if (engine_stopped && ckpt_engine_release()) {
+  bool arena_released = ckpt_arena_release_all();
+  if (arena_released && engine_stopped && ckpt_engine_release()) {
     ckpt_peer_dev_store.release_idle();
     ckpt_peer_host_store.release_idle(); /* its slabs' blocks go back to the host pool: first */
     ckpt_host_store.release_idle();

@@ -13,9 +13,10 @@
  *               bounded, engine.c) or stops with it still queued; either way
  *               exit releases only the arena, whose wait for the free is the
  *               one under test (it hung in cuEventSynchronize before)
- *   plain       no offload: exit goes on to release the gate page, whose
- *               cuMemFreeHost synchronizes the device and so waits for w too
- *               (hooks/streams.c, hooks/init.c): still hangs, not registered */
+ *   plain       no offload: exit used to go on to release the gate page,
+ *               whose cuMemFreeHost synchronizes the device and so waited for
+ *               w for ever; exit now releases nothing more of the driver once
+ *               the arena left a mapping unreleased (hooks/init.c) */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
