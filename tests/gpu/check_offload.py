@@ -30,12 +30,7 @@ def main():
     p.add_argument("--throughput-target", type=float, default=0.9)
     args = p.parse_args()
     res = results.Result("offload", "Host offload (issue 3)", dry_run=args.cpu_dry_run)
-    work = results.work_dir(args, "offload")
-    try:
-        run(res, args, work)
-    except Exception as exc:
-        res.fail("check ran", repr(exc))
-    return res.finish(args.json)
+    return results.run_check(res, args, "offload", run)
 
 
 def run(res, args, work):

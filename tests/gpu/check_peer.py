@@ -129,12 +129,7 @@ def main():
     res = results.Result("peer", "Peer partitioning at P = 1, real NCCL (issue 12; multi-GPU unverified)",
                          dry_run=args.cpu_dry_run)
     res.notes.append(MULTI_GPU_NOTE)
-    work = results.work_dir(args, "peer")
-    try:
-        run(res, args, work)
-    except Exception as exc:
-        res.fail("check ran", repr(exc))
-    return res.finish(args.json)
+    return results.run_check(res, args, "peer", run)
 
 
 def run(res, args, work):

@@ -29,12 +29,7 @@ def main():
     args = p.parse_args()
     res = results.Result("torch_integration", "Torch integration, unmodified script (issue 4)",
                          dry_run=args.cpu_dry_run)
-    work = results.work_dir(args, "torch")
-    try:
-        run(res, args, work)
-    except Exception as exc:
-        res.fail("check ran", repr(exc))
-    return res.finish(args.json)
+    return results.run_check(res, args, "torch", run)
 
 
 def run(res, args, work):

@@ -296,3 +296,14 @@ def work_dir(args, name):
     path = args.work or tempfile.mkdtemp(prefix=f"gpucheck-{name}-")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def run_check(res, args, name, run):
+    """Runs run(res, args, work) in the check's work folder (work_dir) and
+    writes the report: a crash of the check is a failed row, never a lost report."""
+    work = work_dir(args, name)
+    try:
+        run(res, args, work)
+    except Exception as exc:
+        res.fail("check ran", repr(exc))
+    return res.finish(args.json)
