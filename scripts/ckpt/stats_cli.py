@@ -105,7 +105,9 @@ def segment_text(seg):
     moved = s["offloaded_bytes_total"] + s["restored_bytes_total"]
     out = [f"libckpt in pid {seg.pid} ({h['command']}), mode {h['mode']}, up {up:.1f} s, {ago}, "
            f"{seg.publishes} publishes",
-           f"  regions     {s['regions_opened']} opened, {s['regions_closed']} closed",
+           f"  regions     {s['regions_opened']} opened, {s['regions_closed']} closed"
+           + (f"; {s['regions_carried']} carried into this cycle (not restored yet: a pipeline schedule)"
+              if s.get("regions_carried") else ""),
            f"  tagged      {s['tagged_allocs']} allocations, {s['tagged_allocs_live']} live "
            f"({human(s['tagged_bytes_live'])}); untagged {s['untagged_allocs']}; "
            f"mapping cache hits {s['mapping_cache_hits']} ({human(s['mapping_cache_bytes'])} cached)",

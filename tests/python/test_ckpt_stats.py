@@ -360,3 +360,20 @@ def test_python_layouts_mirror_the_c_headers():
     trace_h = (REPO / "hooks" / "trace_format.h").read_text()
     assert re.search(r'CKPT_TRACE_MAGIC "(\w+)"', trace_h).group(1).encode() == stats_trace.MAGIC
     assert stats_trace.HEADER.size == stats_trace.RECORD.size == 40
+
+
+def test_text_says_when_regions_are_carried():
+    """A pipeline schedule's carried regions (stats field regions_carried) are
+    named on the regions line, and nothing is said when there are none."""
+    from types import SimpleNamespace
+
+    from ckpt import library, stats_cli
+
+    stats = {name: 0 for name, _ in library.CkptStats._fields_ if name != "size"}
+    seg = SimpleNamespace(stats=stats, pid=1, publishes=1, updated=0, regions=[], stacks="off", sites=[],
+                          flags={"profile": False, "sync": False, "trace": False},
+                          header={"start_realtime_ns": 0, "command": "x", "mode": "host"})
+    assert "carried" not in stats_cli.segment_text(seg)
+    stats["regions_carried"] = 3
+    line = [l for l in stats_cli.segment_text(seg).splitlines() if l.strip().startswith("regions")][0]
+    assert "3 carried into this cycle" in line
