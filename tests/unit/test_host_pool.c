@@ -79,3 +79,41 @@ Test(host_pool, restore_before_the_block_is_made, .init = pool_setup, .timeout =
   cr_assert_eq(ut_stats().host_pool_bytes, 0, "the block made meanwhile was released with the idle ones");
   cr_assert_eq(creates_on_program, 0);
 }
+
+/* A block given back while the grower is still making it (abandoned) joins
+ * the pool once made. Taken again, it must not be pending: before 370a4c6 it
+ * kept its pending flag, and every later offload into it waited for the
+ * engine to resume it (in the overlap bench ~65 ms more per region and step). */
+static void slow_host_create(void) {
+  on_host_create();
+  usleep(100000); /* the grower is inside cuMemCreate while the block is dropped */
+}
+
+Test(host_pool, block_abandoned_while_made_is_not_pending_when_reused, .init = pool_setup, .timeout = 30) {
+  ckpt_vmm_host_create_hook = slow_host_create;
+  struct ckpt_store_fail f;
+  LOCK();
+  struct ckpt_held *h = ckpt_host_block_get(0, 4 * UT_MiB, &f);
+  cr_assert_not_null(h, "a block (pending) from an empty pool");
+  cr_assert(h->pending, "queued for the grower");
+  ckpt_host_block_drop(h); /* abandoned: the grower is still making it */
+  UNLOCK();
+  struct ckpt_held *again = NULL;
+  for (int i = 0; i < 100 && !again; i++) { /* until the grower has made it and pooled it */
+    usleep(20000);
+    LOCK();
+    uint64_t allocs = ckpt_g.stats.store_allocs;
+    struct ckpt_held *g = ckpt_host_block_get(0, 4 * UT_MiB, &f);
+    cr_assert_not_null(g);
+    if (ckpt_g.stats.store_allocs == allocs) again = g; /* the pooled block, not a new one */
+    else ckpt_host_block_drop(g);
+    UNLOCK();
+  }
+  cr_assert_not_null(again, "the abandoned block joined the pool");
+  cr_assert_not(again->pending, "a reused block is ready, not pending");
+  CUresult rc;
+  cr_assert_eq(ckpt_host_block_state(again, &rc), 1);
+  LOCK();
+  ckpt_host_block_drop(again);
+  UNLOCK();
+}
