@@ -18,9 +18,7 @@
  *                           (cuStreamWaitEvent, stream barriers) excepted (default 0)
  *   SIMDEV_COPY_GBPS        copies take bytes / (rate * 1e9) seconds (default 0: no delay);
  *                           host<->device copies cross a link of one channel per
- *                           direction at that rate (see simdev_link_stats); the
- *                           simulator's own memcpy time is given back to the next
- *                           transfer on the channel, never beyond the rate (link.c)
+ *                           direction at that rate (see simdev_link_stats)
  *   SIMDEV_FAIL             name:nth[:code][,...]: the nth call of an entry point
  *                           fails with code (default 2, CUDA_ERROR_OUT_OF_MEMORY);
  *                           nth '*' fails every call; code may be a number or a

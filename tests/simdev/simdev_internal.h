@@ -42,10 +42,7 @@ uint64_t sd_now_ns(void);
 void sd_sleep_ns(uint64_t ns);
 /* A throttled copy crossing the simulated link (link.c): returns once its
  * bytes have crossed, its direction's channel shared first come first served. */
-/* Waits out a copy's time on the link; its direction (0 d2h, 1 h2d, 2 none),
- * -1 when unthrottled. sd_link_landed: what the copy's own memcpy took after. */
-int sd_link_transfer(const void *dst, const void *src, size_t n, unsigned long long bytes_per_s);
-void sd_link_landed(int dir, uint64_t ns);
+void sd_link_transfer(const void *dst, const void *src, size_t n, unsigned long long bytes_per_s);
 size_t sd_round_up(size_t n, size_t align); /* align: a power of two */
 
 /* ---- entry points: counting and fault injection (calls.c, procaddr.c) ---- */

@@ -297,8 +297,6 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
         sd_sleep_ns(delay * 1000ull);
 
     CUresult sticky = (CUresult)atomic_load(&s->ctx->sticky);
-    int dir = -1; /* a copy's link direction, and when its transfer time ended */
-    uint64_t landed = 0;
     switch (op->kind) {
     case SD_OP_FREE:
         sd_pool_free_done(op->u.free.block);
@@ -317,10 +315,8 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
     case SD_OP_HOSTFN:
         if (sticky)
             return; /* a faulted context runs no more work */
-        if (op->kind == SD_OP_COPY) { /* the link: one channel per direction (link.c) */
-            dir = sd_link_transfer(op->u.copy.dst, op->u.copy.src, op->u.copy.n, atomic_load(&copy_bytes_per_s));
-            landed = sd_now_ns();
-        }
+        if (op->kind == SD_OP_COPY) /* the link: one channel per direction (link.c) */
+            sd_link_transfer(op->u.copy.dst, op->u.copy.src, op->u.copy.n, atomic_load(&copy_bytes_per_s));
         if (op->kind != SD_OP_HOSTFN) {
             const void *where = NULL;
             if (!access_ok(s, op, &where)) {
@@ -334,8 +330,6 @@ static void run_op(struct sd_stream *s, struct sd_op *op)
         void *addr = NULL;
         if (!sd_guarded(exec_op, &a, &addr))
             sd_fault_record(s->ctx, addr, sd_op_name(op->kind), s->id);
-        if (dir >= 0)
-            sd_link_landed(dir, sd_now_ns() - landed);
         return;
     }
     default:
